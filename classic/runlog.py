@@ -1,0 +1,81 @@
+"""Run directories: a `metrics.jsonl` (one JSON object per line, appended and flushed as training goes) and a
+learning-curve PNG drawn from it. Shared by every classic algorithm and the rlhf trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsWriter:
+    """Append-only `metrics.jsonl`; each `write` is one line, flushed so a crash loses at most that line."""
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a" if append else "w")
+
+    def write(self, row: dict[str, Any]) -> None:
+        clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(
+    path: str | Path,
+    rows: list[dict[str, Any]],
+    x: str,
+    ys: list[str],
+    title: str,
+    ylabel: str,
+    smooth: int = 1,
+    labels: list[str] | None = None,
+) -> Path:
+    """Line plot of columns `ys` against `x` from metrics rows (rows missing a column are skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for i, y in enumerate(ys):
+        pts = [(r[x], r[y]) for r in rows if y in r and x in r and r[y] is not None and math.isfinite(r[y])]
+        if not pts:
+            continue
+        xs, vals = zip(*pts)
+        label = labels[i] if labels else y
+        if smooth > 1:
+            ax.plot(xs, vals, alpha=0.25, color=f"C{i}")
+            vals = moving_average(list(vals), smooth)
+            label += f" (moving avg {smooth})"
+        ax.plot(xs, vals, label=label, color=f"C{i}")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

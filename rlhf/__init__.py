@@ -1,0 +1,1 @@
+"""PPO, REINFORCE, RLOO and GRPO for causal language models, built on accelerate."""
