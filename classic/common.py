@@ -1,0 +1,152 @@
+"""What every deep-RL file in `classic/` needs besides its algorithm: input checks, seeding, environments,
+the run directory (metrics.jsonl, learning curve, saved model) and a progress bar. Kept small on purpose."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from classic.runlog import MetricsWriter, plot_curves, read_metrics
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_env_id(env_id: str) -> None:
+    # importing classic.envs registers the project's own environments
+    import classic.envs  # noqa: F401
+
+    if env_id not in gym.registry:
+        close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
+        hint = f" Similar ids: {close}." if close else ""
+        raise ValueError(f"unknown env_id {env_id!r}: not a registered gymnasium id.{hint}")
+
+
+def seed_everything(seed: int, torch_threads: int | None = None) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+
+
+def make_vec_env(
+    env_id: str, num_envs: int, seed: int, wrappers: list | None = None, **env_kwargs: Any
+) -> gym.vector.SyncVectorEnv:
+    """`num_envs` copies in one process, auto-reset in the *same* step so that `infos["final_obs"]` holds the
+    true last observation of a truncated episode (needed to bootstrap through time limits)."""
+    check_env_id(env_id)
+    check_positive("num_envs", num_envs)
+
+    def thunk() -> gym.Env:
+        env = gym.make(env_id, **env_kwargs)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        for wrapper in wrappers or []:
+            env = wrapper(env)
+        return env
+
+    envs = gym.vector.SyncVectorEnv(
+        [thunk for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    envs.reset(seed=seed)
+    envs.action_space.seed(seed)
+    return envs
+
+
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of every episode that ended in this vector step (RecordEpisodeStatistics; with
+    same-step auto-reset the statistics sit under `infos["final_info"]`)."""
+    infos = infos.get("final_info", infos)
+    if "episode" not in infos:
+        return []
+    stats = infos["episode"]
+    return [(float(stats["r"][i]), int(stats["l"][i])) for i in np.flatnonzero(stats["_r"])]
+
+
+class Run:
+    """A run directory: `config.json`, `metrics.jsonl` (one row per finished training episode), `curve.png`,
+    `model.pt`, with a progress bar over environment steps."""
+
+    def __init__(self, run_dir: str | Path, config: Any, total_steps: int, desc: str) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        self.metrics = MetricsWriter(self.dir / "metrics.jsonl")
+        self.returns: list[float] = []
+        self.start = time.time()
+        disable = os.environ.get("RLBOOK_NO_PROGRESS") == "1"
+        self.bar = tqdm(total=total_steps, desc=desc, unit="step", disable=disable, leave=False)
+        self.title = desc
+
+    def episode(self, global_step: int, episode_return: float, episode_length: int, **extra: float) -> None:
+        self.returns.append(episode_return)
+        self.metrics.write(
+            {
+                "global_step": global_step,
+                "episode_return": episode_return,
+                "episode_length": episode_length,
+                "time": round(time.time() - self.start, 3),
+                **extra,
+            }
+        )
+        recent = self.returns[-20:]
+        self.bar.set_postfix(ret20=f"{sum(recent) / len(recent):.1f}")
+
+    def step(self, n: int) -> None:
+        self.bar.update(n)
+
+    def mean_recent_return(self, window: int = 20) -> float:
+        recent = self.returns[-window:]
+        return sum(recent) / len(recent) if recent else float("-inf")
+
+    def close(self, model: torch.nn.Module | None = None) -> None:
+        self.bar.close()
+        self.metrics.close()
+        if model is not None:
+            save_model(model, self.dir / "model.pt")
+        rows = read_metrics(self.dir / "metrics.jsonl")
+        if rows:
+            plot_curves(
+                self.dir / "curve.png",
+                rows,
+                "global_step",
+                ["episode_return"],
+                self.title,
+                "episode return",
+                10,
+            )
+
+
+def save_model(model: torch.nn.Module, path: str | Path) -> None:
+    """Atomic: write to a temporary file, then rename, so a crash never leaves a half-written model."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def load_model(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file '{path}' does not exist")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+def layer_init(layer: torch.nn.Module, std: float = 2**0.5, bias_const: float = 0.0) -> torch.nn.Module:
+    """Orthogonal init (the "37 implementation details of PPO", detail 2)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
