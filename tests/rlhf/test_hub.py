@@ -1,0 +1,19 @@
+import pytest
+
+from rlhf.hub import load_model_config
+from rlhf.tiny import build_causal_lm, build_tokenizer
+
+
+def test_missing_local_path_and_offline_hub_id_fail_with_clear_messages(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model_name_or_path='\./no/such': no such local path"):
+        load_model_config("./no/such")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_model_config(str(tmp_path), field="reward_model")
+    with pytest.raises(OSError, match=r"policy='gpt2' could not be loaded: .*offline.*local directory"):
+        load_model_config("gpt2", field="policy")
+
+
+def test_local_directory_loads(tmp_path):
+    tok = build_tokenizer(["hello world"] * 4, vocab_size=270)
+    build_causal_lm(tok).save_pretrained(tmp_path)
+    assert load_model_config(str(tmp_path)).model_type == "gpt2"
