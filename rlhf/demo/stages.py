@@ -1,0 +1,249 @@
+"""The demo's stages as plain functions: build the tiny model, SFT and reward-model training with TRL, sampling and
+scoring for the evaluation. The PPO stage (our trainer) and the orchestration live in `pipeline.py`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
+from transformers.trainer_callback import PrinterCallback
+
+from classic.runlog import MetricsWriter
+from rlhf.tiny import PAD_TOKEN, build_causal_lm, build_tokenizer
+
+
+class StageBar(TrainerCallback):
+    """One tqdm bar per TRL training stage (instead of the Trainer's bar plus a printed dict per log step); the
+    logged rows also go to `metrics.jsonl` in the stage directory."""
+
+    def __init__(self, desc: str, metrics_path: Path) -> None:
+        self.desc = desc
+        self.writer = MetricsWriter(metrics_path)
+        self.bar: tqdm | None = None
+        self.last_logs: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
+        if "loss" in logs:
+            self.last_logs = logs
+            self.writer.write({"step": state.global_step, **logs})
+            shown = {k: f"{logs[k]:.3f}" for k in ("loss", "accuracy") if k in logs}
+            self.bar.set_postfix(shown)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+        self.writer.close()
+
+
+def _quiet(trainer: Any, bar: StageBar) -> None:
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(bar)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """PAD must differ from EOS (else EOS is masked out of training and generation); add one if needed."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        if model is not None:
+            model.resize_token_embeddings(len(tokenizer))
+    tokenizer.padding_side = "left"  # generation appends to the right end of every row
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def build_base_model(
+    texts: list[str], base_model: str, vocab_size: int, seed: int, **model_kwargs: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny GPT-2 with a BPE tokenizer trained on `texts`, or `base_model` (Hub id or path) and its tokenizer."""
+    if base_model:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model = AutoModelForCausalLM.from_pretrained(base_model)
+    else:
+        tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+        model = build_causal_lm(tokenizer, seed=seed, **model_kwargs)
+    ensure_pad_token(tokenizer, model)
+    return model, tokenizer
+
+
+def _trl_common(cfg: Any, output_dir: Path, steps: int, batch_size: int, lr: float) -> dict[str, Any]:
+    # TRL config dataclasses default to bf16; this is a CPU run, in fp32.
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        logging_steps=max(1, steps // 50),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def train_sft(
+    cfg: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], out: Path
+) -> float:
+    """Supervised fine-tuning on the review corpus with TRL's SFTTrainer; saves model + tokenizer to `out`.
+    Returns the final training loss."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        **_trl_common(cfg, out / "trl", cfg.sft_steps, cfg.sft_batch_size, cfg.sft_learning_rate),
+        max_length=cfg.max_length,
+        packing=False,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"text": texts}),
+        processing_class=tokenizer,
+    )
+    bar = StageBar("sft", out / "metrics.jsonl")
+    _quiet(trainer, bar)
+    trainer.train()
+    save_pretrained(trainer.model, tokenizer, out)
+    return float(bar.last_logs.get("loss", math.nan))
+
+
+def train_reward_model(
+    cfg: Any, init_from: str, tokenizer: PreTrainedTokenizerBase, pairs: dict[str, list], out: Path
+) -> float:
+    """Reward model (a scalar head on the SFT model, as in the N+ details paper) trained with TRL's
+    RewardTrainer on the noisy preference pairs; saves model + tokenizer to `out`. Returns the final train
+    accuracy against the (noisy) labels."""
+    from trl import RewardConfig, RewardTrainer
+
+    torch.manual_seed(cfg.seed)  # the new score head's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(init_from, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = RewardConfig(
+        **_trl_common(cfg, out / "trl", cfg.rm_steps, cfg.rm_batch_size, cfg.rm_learning_rate),
+        max_length=cfg.max_length,
+        # Keeps scores near 0 on average (Eisenstein et al. 2023), so the PPO reward scale stays sane.
+        center_rewards_coefficient=0.01,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"chosen": pairs["chosen"], "rejected": pairs["rejected"]}),
+        processing_class=tokenizer,
+    )
+    bar = StageBar("rm", out / "metrics.jsonl")
+    _quiet(trainer, bar)
+    trainer.train()
+    save_pretrained(trainer.model, tokenizer, out)
+    return float(bar.last_logs.get("accuracy", math.nan))
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 64,
+) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Completions sampled with a fixed seed, so SFT and PPO policies are compared on the same prompts with the
+    same random stream. Returns the texts (special tokens dropped) and, per row, the exact token ids
+    `(prompt_ids, response_ids)` (response up to and including EOS) for log-probabilities."""
+    model.eval()
+    torch.manual_seed(seed)
+    texts, token_ids = [], []
+    for i in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        response_ids = out[:, batch["input_ids"].shape[1] :]  # (batch, new_tokens)
+        texts += tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+        for prompt_row, mask_row, response_row in zip(batch["input_ids"], batch["attention_mask"], response_ids):
+            is_eos = (response_row == tokenizer.eos_token_id).nonzero()
+            length = int(is_eos[0]) + 1 if len(is_eos) else len(response_row)
+            token_ids.append((prompt_row[mask_row.bool()], response_row[:length]))
+    return texts, token_ids
+
+
+def _right_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"  # position ids then start at 0 in every row, as in training
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+    finally:
+        tokenizer.padding_side = side
+
+
+@torch.no_grad()
+def reward_model_scores(
+    rm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64
+) -> list[float]:
+    """Scalar RM score of each full text, with EOS appended as RewardTrainer did in training."""
+    rm.eval()
+    scores = []
+    for i in range(0, len(texts), batch_size):
+        chunk = [t + tokenizer.eos_token for t in texts[i : i + batch_size]]
+        batch = _right_padded(tokenizer, chunk)
+        scores += rm(**batch).logits[:, 0].tolist()
+    return scores
+
+
+def pairwise_accuracy(
+    rm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chosen: list[str], rejected: list[str]
+) -> float:
+    better = reward_model_scores(rm, tokenizer, chosen)
+    worse = reward_model_scores(rm, tokenizer, rejected)
+    return sum(b > w for b, w in zip(better, worse)) / len(chosen)
+
+
+@torch.no_grad()
+def sequence_logprobs(model: PreTrainedModel, token_ids: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Sum of log-probabilities (temperature 1) of each response's tokens given its prompt."""
+    model.eval()
+    totals = []
+    for prompt_ids, response_ids in token_ids:
+        ids = torch.cat([prompt_ids, response_ids])[None]  # (1, prompt_len + response_len)
+        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (response_len, vocab)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, response_ids[:, None])
+        totals.append(float(logprobs.sum()))
+    return totals
