@@ -13,3 +13,4 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
 
 # Registrations go below, one line per environment, e.g.
 # _register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv")
+_register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv", max_episode_steps=1000)
