@@ -142,16 +142,39 @@ def policy_evaluation(model: TabularModel, policy: np.ndarray, gamma: float) -> 
     return np.linalg.solve(A, r_pi)
 
 
+def proper_policy(model: TabularModel) -> np.ndarray:
+    """A policy that reaches a terminal transition from every state with probability 1 (needed to start policy
+    iteration at gamma=1): grow the set of states known to reach termination backwards, each new state taking an
+    action with some probability of entering the set. Raises a ValueError if some state can never terminate."""
+    s_all, a_all = model.sa // model.n_actions, model.sa % model.n_actions
+    policy = np.full(model.n_states, -1, dtype=np.int64)
+    reaches = np.zeros(model.n_states, dtype=bool)
+    while True:
+        into = (model.prob > 0) & (model.terminated | reaches[model.next_state]) & ~reaches[s_all]
+        if not into.any():
+            break
+        new_s, first = np.unique(s_all[into], return_index=True)
+        policy[new_s], reaches[new_s] = a_all[into][first], True
+    if not reaches.all():
+        raise ValueError(
+            f"with gamma=1 every state must be able to reach a terminal transition; state "
+            f"{int(np.flatnonzero(~reaches)[0])} cannot (use gamma < 1)"
+        )
+    return policy
+
+
 def policy_iteration(
     env: gym.Env, gamma: float = 0.99, tol: float = 1e-10, max_iterations: int = 10_000
 ) -> tuple[np.ndarray, np.ndarray]:
     """Policy iteration, S&B Section 4.3: evaluate pi exactly, make it greedy, stop when it is stable.
 
-    The policy only switches to an action that is better by more than `tol`, so ties cannot make it cycle
+    At gamma=1 it starts from a policy that terminates everywhere (`proper_policy`); strict improvements keep
+    it terminating. The policy only switches to an action that is better by more than `tol`, so ties cannot make it cycle
     forever between equally good policies (the bug of the book's pseudo-code, S&B Exercise 4.4)."""
     check_gamma(gamma)
     model = tabular_model(env)
-    policy = np.zeros(model.n_states, dtype=np.int64)
+    # any start works for gamma < 1; undiscounted values are finite only for policies that terminate
+    policy = proper_policy(model) if gamma == 1.0 else np.zeros(model.n_states, dtype=np.int64)
     for _ in range(max_iterations):
         V = policy_evaluation(model, policy, gamma)  # 1. policy evaluation
         q = q_from_v(model, V, gamma)  # 2. policy improvement

@@ -7,6 +7,7 @@ import pytest
 import classic.envs  # noqa: F401  (registers rlbook/Maze-v0)
 from classic import policy_iteration, value_iteration
 from classic.envs.maze import bfs_distance
+from classic.tabular.dp import policy_evaluation, tabular_model
 
 
 def test_frozenlake_reference_value_and_policy_iteration_agree():
@@ -27,6 +28,14 @@ def test_cliffwalking_and_taxi_optimal_values():
     # between columns 1 and 2 (down 2, right 4, up 2; -1 each), dropoff (+20): 20 - 9 = 11
     s = gym.make("Taxi-v4").unwrapped.encode(0, 0, 0, 1)
     assert V_taxi[s] == 11.0
+
+
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "CliffWalking-v1", "Taxi-v4"])
+def test_gamma_one_policy_iteration_matches_value_iteration(env_id):
+    env = gym.make(env_id)
+    V, _ = value_iteration(env, gamma=1.0)
+    V_pi, _ = policy_iteration(env, gamma=1.0)  # starts from a proper policy, so evaluation is finite
+    np.testing.assert_allclose(V_pi, V, atol=1e-6)
 
 
 def test_gamma_one_terminates_thanks_to_terminal_masking():
@@ -74,6 +83,19 @@ def test_bad_inputs_raise_value_error_saying_what_was_expected():
         value_iteration(gym.make("FrozenLake-v1"), gamma=1.5)
     with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
         policy_iteration(gym.make("FrozenLake-v1"), gamma=-0.1)
-    # policy iteration at gamma=1 starting from a policy that never terminates says so
+    # gamma=1 policy evaluation of a policy that never terminates says so (CliffWalking: always left)
+    model = tabular_model(gym.make("CliffWalking-v1"))
     with pytest.raises(ValueError, match="terminates from every state"):
-        policy_iteration(gym.make("CliffWalking-v1"), gamma=1.0)
+        policy_evaluation(model, np.zeros(48, dtype=np.int64), gamma=1.0)
+
+
+def test_demo_solves_and_prints_the_maze():
+    from classic.tabular.__main__ import main
+
+    report = main(
+        ["--size", "6", "--maze_seed", "1", "--loop_fraction", "0.2", "--method", "policy_iteration"]
+    )
+    assert "greedy path 24 steps (BFS shortest 24), V(start) = -24.000" in report
+    assert report.count("#") > 50
+    with pytest.raises(ValueError, match="valid keys are"):
+        main(["--sise", "6"])
