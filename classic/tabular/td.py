@@ -69,9 +69,9 @@ def epsilon_greedy(q_s: np.ndarray, legal: np.ndarray, epsilon: float, rng: np.r
     an all-zero initial Q does not always pick action 0)."""
     if rng.random() < epsilon:
         return int(legal[rng.integers(len(legal))])
-    q_legal = q_s[legal]
-    best = legal[q_legal == q_legal.max()]
-    return int(best[rng.integers(len(best))])
+    q_legal = q_s if len(legal) == len(q_s) else q_s[legal]  # no copy in the common all-legal case
+    best = np.flatnonzero(q_legal == q_legal.max())
+    return int(legal[best[0] if len(best) == 1 else best[rng.integers(len(best))]])
 
 
 def expected_value(q_s: np.ndarray, legal: np.ndarray, epsilon: float) -> float:

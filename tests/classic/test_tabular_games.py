@@ -86,6 +86,6 @@ def test_checkers_linear_sarsa_beats_random():
     win_learned = np.mean([i["winner"] == 1 for i in greedy])
     win_random = np.mean([i["winner"] == 1 for i in random])
     assert 0.4 < win_random < 0.6, win_random  # the random first mover wins about half its games
-    assert win_learned > 0.7, win_learned  # measured 0.80 (draws 0.14, losses 0.06)
+    assert win_learned > 0.7, win_learned  # measured 0.77 (draws 0.15, losses 0.07); random 0.49
     assert win_learned > win_random + 0.2
     assert result.w[5] < 0 and result.w[3] < 0  # learned: leaving pieces en prise and their men are bad
