@@ -1,1 +1,6 @@
 """PPO, REINFORCE, RLOO and GRPO for causal language models, built on accelerate."""
+
+from rlhf.config import PPOConfig
+from rlhf.trainer import PPOTrainer
+
+__all__ = ["PPOConfig", "PPOTrainer"]

@@ -13,3 +13,6 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
 
 # Registrations go below, one line per environment, e.g.
 # _register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv")
+_register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv", max_episode_steps=1000)
+_register("rlbook/Snake-v0", "classic.envs.snake:SnakeEnv")
+_register("rlbook/Checkers-v0", "classic.envs.checkers:CheckersEnv", max_episode_steps=200)

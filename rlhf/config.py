@@ -1,0 +1,179 @@
+"""`PPOConfig`: every knob of the trainer, with the published default and a help string.
+
+Defaults follow "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024) unless noted. Load from YAML
+and the command line with `classic.cli.parse_config(PPOConfig)`; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ESTIMATORS = ("gae", "reinforce_baseline", "rloo", "grpo")
+
+
+@dataclass
+class PPOConfig:
+    """Configuration of rlhf.PPOTrainer (PPO with a critic, REINFORCE, RLOO or GRPO on a causal LM)."""
+
+    output_dir: str = field(
+        default="runs/ppo", metadata={"help": "where metrics.jsonl, checkpoints and the model go"}
+    )
+    seed: int = field(default=0, metadata={"help": "base seed; rank r samples with seed + r * 100003"})
+    max_steps: int = field(default=100, metadata={"help": "number of rollout + update iterations"})
+
+    # --- batch sizes (per process) -------------------------------------------------------------------------
+    rollout_batch_size: int = field(default=16, metadata={"help": "prompts per step per process"})
+    num_generations: int = field(
+        default=1, metadata={"help": "completions per prompt (>= 2 for rloo / grpo / reinforce_baseline)"}
+    )
+    mini_batch_size: int = field(
+        default=16,
+        metadata={"help": "completions per optimizer step; must divide rollout_batch_size * num_generations"},
+    )
+    micro_batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "completions per forward/backward (gradient accumulation); divides mini_batch_size"
+        },
+    )
+    num_ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
+
+    # --- generation ----------------------------------------------------------------------------------------
+    max_prompt_length: int = field(
+        default=128, metadata={"help": "prompts longer than this (in tokens) are an error"}
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "completion budget in tokens"})
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature; log-probs use the same temperature"}
+    )
+    top_k: int = field(
+        default=0, metadata={"help": "0 = no top-k filtering (keeps PPO's ratio well defined)"}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "1.0 = no nucleus filtering"})
+
+    # --- optimisation --------------------------------------------------------------------------------------
+    learning_rate: float = field(default=3e-6, metadata={"help": "policy learning rate (N+: 3e-6)"})
+    critic_learning_rate: float = field(default=3e-6, metadata={"help": "critic learning rate"})
+    lr_scheduler: Literal["linear", "constant"] = field(
+        default="linear", metadata={"help": "linear decay to 0 over max_steps, or constant"}
+    )
+    adam_eps: float = field(default=1e-5, metadata={"help": "Adam epsilon (N+ / PPO detail: 1e-5)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip (per model)"})
+
+    # --- PPO -----------------------------------------------------------------------------------------------
+    advantage_estimator: Literal["gae", "reinforce_baseline", "rloo", "grpo"] = field(
+        default="gae",
+        metadata={"help": "gae (needs a critic) | reinforce_baseline | rloo | grpo (critic-free)"},
+    )
+    gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "whiten GAE advantages over the batch"})
+    clip_eps: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    value_clip_eps: float | None = field(
+        default=0.2, metadata={"help": "value clip around old values; None = off"}
+    )
+    vf_coef: float = field(default=0.1, metadata={"help": "value-loss coefficient"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus coefficient"})
+
+    # --- KL to the reference model ------------------------------------------------------------------------
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "beta: weight of the KL penalty (initial value if adaptive)"}
+    )
+    kl_estimator: Literal["k1", "k3"] = field(
+        default="k1", metadata={"help": "k1: logp - ref_logp (in reward); k3: exp(ref-logp)-(ref-logp)-1"}
+    )
+    kl_in_loss: bool = field(
+        default=False, metadata={"help": "add beta * KL to the loss (GRPO style) instead of to the reward"}
+    )
+    adaptive_kl: bool = field(
+        default=False, metadata={"help": "adapt beta towards kl_target (Ziegler et al. 2019)"}
+    )
+    kl_target: float = field(default=6.0, metadata={"help": "target KL (nats per completion) when adaptive"})
+    kl_horizon: int = field(default=10000, metadata={"help": "horizon of the adaptive KL controller"})
+
+    # --- rewards -------------------------------------------------------------------------------------------
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "one weight per reward function (default all 1); 0 logs without training"},
+    )
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "score given to completions that never emit EOS (N+ 'EOS trick'); None = off"},
+    )
+    critic_init: Literal["auto", "reward_model", "policy"] = field(
+        default="auto",
+        metadata={"help": "initialise the critic from the reward model or the policy (auto: RM if any)"},
+    )
+
+    # --- running -------------------------------------------------------------------------------------------
+    logging_steps: int = field(default=1, metadata={"help": "write metrics every N steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "a checkpoint directory, or 'latest' for the newest in output_dir"}
+    )
+    bf16: bool = field(
+        default=False, metadata={"help": "bf16 autocast (off by default; CPUs without bf16 are slow)"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "trade compute for activation memory"}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the Hub"})
+    report_to: list[str] = field(
+        default_factory=list, metadata={"help": "accelerate trackers, e.g. [tensorboard] or [wandb]"}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "no progress bar"})
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_steps",
+            "rollout_batch_size",
+            "num_generations",
+            "mini_batch_size",
+            "micro_batch_size",
+            "num_ppo_epochs",
+            "max_prompt_length",
+            "max_new_tokens",
+            "logging_steps",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"PPOConfig.temperature must be > 0, got {self.temperature}")
+        if self.advantage_estimator not in ESTIMATORS:
+            raise ValueError(
+                f"PPOConfig.advantage_estimator must be one of {ESTIMATORS}, got {self.advantage_estimator!r}"
+            )
+        if self.advantage_estimator != "gae" and self.num_generations < 2:
+            raise ValueError(
+                f"PPOConfig.num_generations must be >= 2 for advantage_estimator={self.advantage_estimator!r} "
+                "(the baseline comes from the other completions of the same prompt)"
+            )
+        batch = self.rollout_batch_size * self.num_generations
+        if batch % self.mini_batch_size:
+            raise ValueError(
+                f"PPOConfig.mini_batch_size={self.mini_batch_size} must divide rollout_batch_size * num_generations "
+                f"= {batch}"
+            )
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"PPOConfig.micro_batch_size={self.micro_batch_size} must divide mini_batch_size={self.mini_batch_size}"
+            )
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"PPOConfig.gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
+        if self.kl_coef < 0:
+            raise ValueError(f"PPOConfig.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.save_steps < 0:
+            raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per step per process."""
+        return self.rollout_batch_size * self.num_generations
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.mini_batch_size // self.micro_batch_size

@@ -1,0 +1,102 @@
+"""Loading the policy, reference and critic; the critic is a backbone with a scalar head read at every token."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf.hub import load_model_config
+
+
+def load_policy(
+    source: str | PreTrainedModel, trust_remote_code: bool = False, field: str = "model"
+) -> PreTrainedModel:
+    if isinstance(source, str):
+        load_model_config(source, field=field, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if not isinstance(source, nn.Module):
+        raise TypeError(
+            f"{field}: expected a Hub id, a local path or a causal LM, got {type(source).__name__}"
+        )
+    return source
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """N+ detail: dropout off in every model, so log-probs at rollout and update time agree."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """PAD must exist and differ from EOS: with PAD == EOS, masks built from the pad id would hide real EOS
+    tokens. Add a new `<|pad|>` token (and resize embeddings) when the tokenizer has none or reuses EOS."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    if model is None:
+        raise ValueError(
+            "processing_class: the tokenizer has no PAD token distinct from EOS; add one "
+            "(tokenizer.add_special_tokens({'pad_token': '<|pad|>'})) and resize the model's embeddings"
+        )
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def backbone_of(model: PreTrainedModel) -> nn.Module:
+    """The transformer body (no LM / classification head) of a Hugging Face model."""
+    return getattr(model, model.base_model_prefix)
+
+
+class Critic(nn.Module):
+    """V(s_t) for every token: a transformer body and a linear head on its last hidden states."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @classmethod
+    def from_reward_model(cls, reward_model: PreTrainedModel) -> Critic:
+        """N+ detail: the critic starts as a copy of the reward model (its head reads every position)."""
+        rm = copy.deepcopy(reward_model)
+        head = getattr(rm, "score", None) or getattr(rm, "classifier", None)
+        if not isinstance(head, nn.Linear):
+            raise ValueError(
+                f"critic_init='reward_model': {type(rm).__name__} has no linear `score` head; use critic_init='policy'"
+            )
+        return cls(backbone_of(rm), head).requires_grad_(True)
+
+    @classmethod
+    def from_policy(cls, policy: PreTrainedModel) -> Critic:
+        """A copy of the policy's body with a fresh head, std 1/sqrt(hidden + 1) (N+ detail for RM heads)."""
+        body = copy.deepcopy(backbone_of(policy))
+        hidden = policy.config.hidden_size
+        head = nn.Linear(hidden, 1, bias=True)
+        nn.init.normal_(head.weight, std=1 / math.sqrt(hidden + 1))
+        nn.init.zeros_(head.bias)
+        return cls(body, head.to(next(body.parameters()).dtype)).requires_grad_(True)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (batch, seq, hidden)
+        return self.head(hidden).squeeze(-1).float()  # (batch, seq)
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(Path(directory) / "critic.safetensors"))
+
+    def load(self, directory: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        self.load_state_dict(load_file(str(Path(directory) / "critic.safetensors")))

@@ -1,0 +1,152 @@
+"""Rewards behind one call: Python functions and sequence-classification reward models.
+
+A reward function is `f(prompts, completions, **columns) -> list[float]`, where `columns` are the dataset's other
+columns for the same rows. A reward model is any `AutoModelForSequenceClassification` with one label (or a Hub id
+/ local path of one); its score is the logit at the last real token of prompt + completion.
+Every output is checked: right length, numbers, finite. A bad one raises an error naming the function and the
+prompt index, so nothing is trained on garbage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlhf.hub import load_model_config
+
+
+class RewardModel:
+    """Scores prompt + completion text with a sequence-classification model (one label)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> None:
+        if getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(f"reward model {name!r} has num_labels={model.config.num_labels}; expected 1")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"reward model {name!r}: its tokenizer has no pad token; set one before training"
+            )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.__name__ = name
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        device = next(self.model.parameters()).device
+        scores: list[float] = []
+        old_side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "right"
+        try:
+            for i in range(0, len(prompts), self.batch_size):
+                texts = [
+                    p + c
+                    for p, c in zip(prompts[i : i + self.batch_size], completions[i : i + self.batch_size])
+                ]
+                enc = self.tokenizer(
+                    texts,
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=self.max_length is not None,
+                    max_length=self.max_length,
+                ).to(device)
+                scores.extend(self.model(**enc).logits[:, 0].float().tolist())
+        finally:
+            self.tokenizer.padding_side = old_side
+        return scores
+
+
+def load_reward_model(
+    source: str | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    trust_remote_code: bool = False,
+    field: str = "reward_funcs",
+) -> RewardModel:
+    """A reward model from a Hub id, a local path or a model object (`tokenizer` defaults to the path's own)."""
+    if isinstance(source, str):
+        load_model_config(source, field=field, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, trust_remote_code=trust_remote_code
+        )
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        name = Path(source.rstrip("/")).name
+    else:
+        model = source
+        if tokenizer is None:
+            raise ValueError(
+                f"{field}: a reward model object needs its tokenizer (reward_processing_classes)"
+            )
+        name = Path(getattr(model.config, "_name_or_path", "") or "reward_model").name or "reward_model"
+    return RewardModel(model, tokenizer, name)
+
+
+def reward_name(func: Callable) -> str:
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def check_rewards(
+    name: str, values: Any, prompts: Sequence[Any], prompt_indices: Sequence[int] | None = None
+) -> list[float]:
+    """Validate one reward function's output; raise naming the function and the first bad row."""
+
+    def where(i: int) -> str:
+        row = f"dataset row {prompt_indices[i]}, " if prompt_indices is not None else ""
+        return f"at index {i} ({row}prompt {str(prompts[i])[:60]!r})"
+
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise TypeError(
+            f"reward function {name!r} returned {type(values).__name__}; expected a list of floats"
+        )
+    if len(values) != len(prompts):
+        raise ValueError(
+            f"reward function {name!r} returned {len(values)} values for {len(prompts)} completions"
+        )
+    out = []
+    for i, v in enumerate(values):
+        if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+            raise TypeError(f"reward function {name!r} returned {v!r} {where(i)}; expected a float")
+        if not math.isfinite(v):
+            raise ValueError(f"reward function {name!r} returned a non-finite value {v} {where(i)}")
+        out.append(float(v))
+    return out
+
+
+def compute_rewards(
+    reward_funcs: Sequence[Callable],
+    prompts: list[Any],
+    completions: list[str],
+    columns: dict[str, list],
+    prompt_indices: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Call every reward function; returns (num_funcs, batch) raw scores. Exceptions are re-raised naming the
+    function and the dataset rows involved."""
+    rows = []
+    for func in reward_funcs:
+        name = reward_name(func)
+        try:
+            values = func(prompts=prompts, completions=completions, **columns)
+        except Exception as err:
+            where = f" (dataset rows {sorted(set(prompt_indices))})" if prompt_indices is not None else ""
+            raise RuntimeError(f"reward function {name!r} raised {type(err).__name__}: {err}{where}") from err
+        rows.append(check_rewards(name, values, prompts, prompt_indices))
+    return torch.tensor(rows, dtype=torch.float32)

@@ -1,0 +1,284 @@
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from classic.cli import parse_config
+from classic.runlog import read_metrics
+from rlhf import PPOConfig, PPOTrainer
+
+PROMPTS = ["the movie", "a dog", "the cat", "it was"] * 8
+TIMING_KEYS = ("time/", "tokens_per_s")
+
+
+def count_good(prompts, completions, **columns):
+    """Known optimum: every token is ' good'."""
+    return [float(c.count(" good")) for c in completions]
+
+
+def completion_chars(prompts, completions, **columns):
+    """A dense reward: every sample differs, so every step has a gradient."""
+    return [len(c) / 10 for c in completions]
+
+
+def small_config(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        rollout_batch_size=4,
+        num_generations=1,
+        mini_batch_size=4,
+        micro_batch_size=2,
+        max_new_tokens=6,
+        learning_rate=3e-4,
+        critic_learning_rate=1e-3,
+        num_ppo_epochs=2,
+        disable_tqdm=True,
+        critic_init="policy",
+    )
+    values.update(overrides)
+    return PPOConfig(**values)
+
+
+def dataset(n=32, **extra):
+    return datasets.Dataset.from_dict({"prompt": PROMPTS[:n], **extra})
+
+
+@pytest.mark.parametrize("estimator", ["gae", "rloo"])
+def test_reward_rises_to_the_known_optimum_with_bounded_kl(tmp_path, tokenizer, sft_policy, estimator):
+    group = 1 if estimator == "gae" else 4
+    args = small_config(
+        tmp_path,
+        max_steps=24,
+        rollout_batch_size=16 // group,
+        num_generations=group,
+        mini_batch_size=16,
+        micro_batch_size=16,
+        max_new_tokens=8,
+        kl_coef=0.02,
+        advantage_estimator=estimator,
+        lr_scheduler="constant",
+    )
+    trainer = PPOTrainer(sft_policy, count_good, args, dataset(), tokenizer)
+    history = trainer.train()
+    first = sum(r["reward"] for r in history[:3]) / 3
+    last = sum(r["reward"] for r in history[-3:]) / 3
+    assert first < 2.0, first  # the SFT model rarely says " good"
+    assert last > 6.0, (first, last)  # the optimum is 8 (= max_new_tokens)
+    assert 0.0 < history[-1]["kl"] < 40.0
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    for key in (
+        "reward/count_good",
+        "entropy",
+        "clip_fraction",
+        "approx_kl",
+        "completion_length",
+        "eos_fraction",
+        "tokens_per_s",
+        "time/generate",
+        "time/score",
+        "time/update",
+        "kl_coef",
+    ):
+        assert key in rows[-1], key
+    if estimator == "gae":
+        assert "value_loss" in rows[-1] and "explained_variance" in rows[-1]
+
+
+def test_resume_is_bitwise_identical(tmp_path, tokenizer, policy, reward_model):
+    """4 steps straight == 2 steps, a crash in step 3, resume from checkpoint-2, 2 more steps."""
+    calls = {"n": 0}
+
+    def crashes_in_step_3(prompts, completions, **columns):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return count_good(prompts, completions)
+
+    crashes_in_step_3.__name__ = "count_good"  # same metric names as the straight run
+
+    def run(out, reward, resume=None):
+        args = small_config(
+            tmp_path,
+            output_dir=str(out),
+            max_steps=4,
+            save_steps=2,
+            resume_from_checkpoint=resume,
+            critic_init="reward_model",
+            kl_coef=0.1,
+            adaptive_kl=True,
+            kl_target=0.5,
+            kl_horizon=100,
+        )
+        model = policy.__class__(policy.config)
+        model.load_state_dict(policy.state_dict())
+        trainer = PPOTrainer(model, [reward_model, reward], args, dataset(), tokenizer)
+        return trainer, trainer.train()
+
+    straight, _ = run(tmp_path / "a", count_good)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crashes_in_step_3)
+    assert not (tmp_path / "b" / "checkpoint-4").exists()
+    resumed, _ = run(tmp_path / "b", crashes_in_step_3, resume="latest")
+    a = load_file(str(tmp_path / "a" / "checkpoint-4" / "policy.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint-4" / "policy.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ca = load_file(str(tmp_path / "a" / "checkpoint-4" / "critic.safetensors"))
+    cb = load_file(str(tmp_path / "b" / "checkpoint-4" / "critic.safetensors"))
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+
+    def numbers(path):
+        rows = read_metrics(path)
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
+
+    ma, mb = numbers(tmp_path / "a" / "metrics.jsonl"), numbers(tmp_path / "b" / "metrics.jsonl")
+    assert len(ma) == len(mb) == 4
+    assert ma == mb
+    assert straight.kl_ctl.value == resumed.kl_ctl.value != 0.1
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer, policy):
+    calls = {"n": 0}
+
+    def poisoned(prompts, completions, **columns):
+        calls["n"] += 1
+        return [1.0] * len(completions)
+
+    args = small_config(
+        tmp_path,
+        max_steps=5,
+        save_steps=1,
+        advantage_estimator="rloo",
+        num_generations=2,
+        rollout_batch_size=2,
+    )
+    trainer = PPOTrainer(policy, poisoned, args, dataset(), tokenizer)
+    original = trainer._loss_and_backward
+
+    def nan_after_two_steps(micro):
+        if trainer.step >= 2:
+            micro.advantages = micro.advantages * float("nan")
+        return original(micro)
+
+    trainer._loss_and_backward = nan_after_two_steps
+    with pytest.raises(FloatingPointError, match=r"step 3.*checkpoint-2"):
+        trainer.train()
+    names = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint"))
+    assert names == ["checkpoint-1", "checkpoint-2"]
+    state = load_file(str(tmp_path / "run" / "checkpoint-2" / "policy.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_lora_reference_is_the_base_model_and_only_adapters_train(tmp_path, tokenizer, policy):
+    from peft import LoraConfig
+
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    args = small_config(
+        tmp_path,
+        advantage_estimator="grpo",
+        num_generations=2,
+        rollout_batch_size=2,
+        kl_in_loss=True,
+        kl_estimator="k3",
+        learning_rate=1e-2,
+    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    trainer = PPOTrainer(policy, completion_chars, args, dataset(), tokenizer, peft_config=lora)
+    assert trainer.ref_model is None  # no second copy in memory
+    history = trainer.train()
+    assert history[-1]["kl_loss"] > 0
+    peft_model = trainer.accelerator.unwrap_model(trainer.policy)
+    base = peft_model.get_base_model()
+    for name, value in before.items():
+        key = name.replace("attn.c_attn.weight", "attn.c_attn.base_layer.weight").replace(
+            "attn.c_attn.bias", "attn.c_attn.base_layer.bias"
+        )
+        assert torch.equal(base.state_dict()[key], value), name
+    trainer.save_model(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_saved_model_loads_in_a_text_generation_pipeline(tmp_path, tokenizer, policy):
+    from transformers import pipeline
+
+    trainer = PPOTrainer(policy, count_good, small_config(tmp_path, max_steps=1), dataset(), tokenizer)
+    trainer.train()
+    trainer.save_model(tmp_path / "final")
+    pipe = pipeline("text-generation", model=str(tmp_path / "final"), device="cpu")
+    out = pipe("the movie", max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"].startswith("the movie")
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rat'\].*learning_rate"):
+        parse_config(PPOConfig, ["--learning_rat", "1e-5"])
+    with pytest.raises(ValueError, match="mini_batch_size=3 must divide"):
+        PPOConfig(rollout_batch_size=4, mini_batch_size=3, micro_batch_size=1)
+    with pytest.raises(ValueError, match="micro_batch_size=3 must divide mini_batch_size=4"):
+        PPOConfig(rollout_batch_size=4, mini_batch_size=4, micro_batch_size=3)
+    with pytest.raises(ValueError, match="num_generations must be >= 2 for advantage_estimator='grpo'"):
+        PPOConfig(advantage_estimator="grpo")
+    with pytest.raises(ValueError, match="'advantage_estimator'"):
+        parse_config(PPOConfig, ["--advantage_estimator", "ppo2"])
+
+
+def test_dataset_errors(tmp_path, tokenizer, policy):
+    args = small_config(tmp_path)
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        PPOTrainer(policy, count_good, args, datasets.Dataset.from_dict({"text": ["a"] * 8}), tokenizer)
+    with pytest.raises(ValueError, match="has 0 prompts"):
+        PPOTrainer(policy, count_good, args, datasets.Dataset.from_dict({"prompt": []}), tokenizer)
+    long_prompt = dataset(n=8).add_item({"prompt": "the cat " * 100})
+    with pytest.raises(ValueError, match=r"row 8: prompt has \d+ tokens, more than max_prompt_length=128"):
+        PPOTrainer(policy, count_good, args, long_prompt, tokenizer)
+    with pytest.raises(ValueError, match="exceeds the model's context window"):
+        PPOTrainer(policy, count_good, small_config(tmp_path, max_new_tokens=250), dataset(), tokenizer)
+    with pytest.raises(ValueError, match="reward_weights has 2 entries for 1"):
+        PPOTrainer(
+            policy, count_good, small_config(tmp_path, reward_weights=[1.0, 2.0]), dataset(), tokenizer
+        )
+    with pytest.raises(ValueError, match="critic_init='reward_model' needs a reward model"):
+        PPOTrainer(
+            policy, count_good, small_config(tmp_path, critic_init="reward_model"), dataset(), tokenizer
+        )
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (lambda prompts, completions, **kw: [1.0], ValueError, "returned 1 values for 4 completions"),
+        (
+            lambda prompts, completions, **kw: [1.0, float("nan"), 1.0, 1.0],
+            ValueError,
+            "non-finite value nan at index 1",
+        ),
+        (lambda prompts, completions, **kw: [1.0, None, 1.0, 1.0], TypeError, "None at index 1"),
+        (lambda prompts, completions, **kw: 1 / 0, RuntimeError, "raised ZeroDivisionError"),
+    ],
+)
+def test_bad_reward_function_outputs_name_the_function_and_row(
+    tmp_path, tokenizer, policy, bad, error, message
+):
+    bad.__name__ = "my_reward"
+    trainer = PPOTrainer(policy, bad, small_config(tmp_path), dataset(), tokenizer)
+    with pytest.raises(error, match=f"'my_reward'.*{message}"):
+        trainer.train()
+    assert not (tmp_path / "run" / "checkpoint-1").exists()
+
+
+def test_reward_functions_receive_dataset_columns(tmp_path, tokenizer, policy):
+    seen = {}
+
+    def uses_answer(prompts, completions, answer, **kw):
+        seen.update(zip(prompts, answer))
+        return [0.0] * len(completions)
+
+    ds = dataset(answer=[p.upper() for p in PROMPTS])
+    PPOTrainer(policy, uses_answer, small_config(tmp_path, max_steps=1), ds, tokenizer).train()
+    assert seen and all(v == k.upper() for k, v in seen.items())
