@@ -1,0 +1,1 @@
+"""Offline RLHF demo: SFT → reward model → PPO → evaluation on a generated review corpus (`rlhf-demo`)."""

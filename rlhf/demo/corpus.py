@@ -73,9 +73,7 @@ def gold_judge(prompts: list[str], completions: list[str], **columns: object) ->
 
 def all_prompts() -> list[str]:
     """Every opening sentence the grammar can produce (4 openers x 16 products x 6 times = 384)."""
-    return [
-        opener.format(product=p, when=w) for opener, p, w in itertools.product(OPENERS, PRODUCTS, WHEN)
-    ]
+    return [opener.format(product=p, when=w) for opener, p, w in itertools.product(OPENERS, PRODUCTS, WHEN)]
 
 
 def split_prompts(seed: int, eval_fraction: float = 0.25) -> tuple[list[str], list[str]]:
@@ -126,9 +124,7 @@ def make_reviews(prompts: Sequence[str], n: int, seed: int) -> list[str]:
     return [p + write_completion(rng) for p in (rng.choice(prompts) for _ in range(n))]
 
 
-def make_preference_pairs(
-    prompts: Sequence[str], n: int, seed: int, label_noise: float
-) -> dict[str, list]:
+def make_preference_pairs(prompts: Sequence[str], n: int, seed: int, label_noise: float) -> dict[str, list]:
     """`n` pairs of two reviews of the same prompt, labelled by the gold judge, with a fraction `label_noise` of
     labels flipped (like disagreeing human raters). Ties are redrawn. Returns columns `chosen`, `rejected` (full
     texts, as TRL's RewardTrainer wants) and `gold_correct` (False where the label was flipped)."""

@@ -21,7 +21,9 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from classic.runlog import MetricsWriter
-from rlhf.tiny import PAD_TOKEN, build_causal_lm, build_tokenizer
+from rlhf.models import ensure_pad_token
+from rlhf.rewards import RewardModel
+from rlhf.tiny import build_causal_lm, build_tokenizer
 
 
 class StageBar(TrainerCallback):
@@ -58,17 +60,14 @@ def _quiet(trainer: Any, bar: StageBar) -> None:
     trainer.add_callback(bar)
 
 
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
-    """PAD must differ from EOS (else EOS is masked out of training and generation); add one if needed."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-        if model is not None:
-            model.resize_token_embeddings(len(tokenizer))
-    tokenizer.padding_side = "left"  # generation appends to the right end of every row
-    if model is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """PAD distinct from EOS (added if missing), left padding for generation, and the ids in the model's
+    generation config so `pipeline("text-generation")` stops at EOS and pads with PAD."""
+    ensure_pad_token(tokenizer, model)
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
 def build_base_model(
@@ -81,7 +80,7 @@ def build_base_model(
     else:
         tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
         model = build_causal_lm(tokenizer, seed=seed, **model_kwargs)
-    ensure_pad_token(tokenizer, model)
+    prepare_tokenizer(tokenizer, model)
     return model, tokenizer
 
 
@@ -198,46 +197,41 @@ def sample(
         )
         response_ids = out[:, batch["input_ids"].shape[1] :]  # (batch, new_tokens)
         texts += tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-        for prompt_row, mask_row, response_row in zip(batch["input_ids"], batch["attention_mask"], response_ids):
+        for prompt_row, mask_row, response_row in zip(
+            batch["input_ids"], batch["attention_mask"], response_ids
+        ):
             is_eos = (response_row == tokenizer.eos_token_id).nonzero()
             length = int(is_eos[0]) + 1 if len(is_eos) else len(response_row)
             token_ids.append((prompt_row[mask_row.bool()], response_row[:length]))
     return texts, token_ids
 
 
-def _right_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"  # position ids then start at 0 in every row, as in training
-    try:
-        return tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
-    finally:
-        tokenizer.padding_side = side
+class EOSRewardModel(RewardModel):
+    """A reward model that scores prompt + completion + EOS. TRL's RewardTrainer appends EOS to every training
+    text, so the score head learnt to read the EOS position; `rlhf.rewards.RewardModel` scores prompt +
+    completion as decoded (EOS dropped), which would read a position the head never saw in training."""
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        return super().__call__(prompts, [c + self.tokenizer.eos_token for c in completions])
 
 
-@torch.no_grad()
-def reward_model_scores(
-    rm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64
-) -> list[float]:
-    """Scalar RM score of each full text, with EOS appended as RewardTrainer did in training."""
-    rm.eval()
-    scores = []
-    for i in range(0, len(texts), batch_size):
-        chunk = [t + tokenizer.eos_token for t in texts[i : i + batch_size]]
-        batch = _right_padded(tokenizer, chunk)
-        scores += rm(**batch).logits[:, 0].tolist()
-    return scores
+def load_eos_reward_model(path: str | Path, name: str = "rm") -> EOSRewardModel:
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return EOSRewardModel(model, tokenizer, name=name, batch_size=64)
 
 
-def pairwise_accuracy(
-    rm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chosen: list[str], rejected: list[str]
-) -> float:
-    better = reward_model_scores(rm, tokenizer, chosen)
-    worse = reward_model_scores(rm, tokenizer, rejected)
+def pairwise_accuracy(rm: RewardModel, chosen: list[str], rejected: list[str]) -> float:
+    """Fraction of pairs where the RM scores `chosen` above `rejected` (full texts, so the prompt is empty)."""
+    empty = [""] * len(chosen)
+    better, worse = rm(empty, chosen), rm(empty, rejected)
     return sum(b > w for b, w in zip(better, worse)) / len(chosen)
 
 
 @torch.no_grad()
-def sequence_logprobs(model: PreTrainedModel, token_ids: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+def sequence_logprobs(
+    model: PreTrainedModel, token_ids: list[tuple[torch.Tensor, torch.Tensor]]
+) -> list[float]:
     """Sum of log-probabilities (temperature 1) of each response's tokens given its prompt."""
     model.eval()
     totals = []

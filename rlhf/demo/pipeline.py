@@ -1,0 +1,454 @@
+"""Offline RLHF demo: corpus → tokenizer + tiny GPT-2 → SFT → reward model → PPO → evaluation → report.
+
+    rlhf-demo                                   # = python -m rlhf.demo --config recipes/demo.yaml
+    rlhf-demo --stage ppo --resume              # one stage; skip what is done, continue PPO from its checkpoint
+    rlhf-demo --sft_model ./my-sft --reward_model ./my-rm --stage ppo
+
+Everything runs on CPU with no Hub access. The task (rlhf/demo/corpus.py): product reviews from a seeded
+template grammar; the gold judge is the lexicon sentiment of the completion. The reward model learns the judge
+from noisy preference pairs; PPO optimises the reward model, and the evaluation asks the gold judge whether that
+helped. Outputs go to `run_dir` (see `write_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+STAGES = ("sft", "rm", "ppo", "eval")
+
+
+@dataclass
+class DemoConfig:
+    """Offline SFT → reward model → PPO demo on a generated review corpus (defaults = recipes/demo.yaml)."""
+
+    run_dir: str = field(default="runs/demo", metadata={"help": "where models, metrics, plots and report go"})
+    stage: Literal["sft", "rm", "ppo", "eval", "all"] = field(
+        default="all", metadata={"help": "run one stage (its inputs must exist) or all"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "redo stages whose outputs already exist"})
+    resume: bool = field(
+        default=False, metadata={"help": "skip finished stages; continue PPO from its latest checkpoint"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds the corpus, every model and every sampler"})
+    num_threads: int = field(
+        default=2, metadata={"help": "torch CPU threads (use 1 when other jobs share the cores)"}
+    )
+
+    # --- model sources (empty = build/train here) --------------------------------------------------------
+    base_model: str = field(
+        default="", metadata={"help": "Hub id or path SFT starts from; empty = a tiny GPT-2 built here"}
+    )
+    sft_model: str = field(
+        default="", metadata={"help": "Hub id or path of an SFT policy to use instead of training one"}
+    )
+    reward_model: str = field(
+        default="", metadata={"help": "Hub id or path of a reward model to use instead of training one"}
+    )
+
+    # --- data and tiny model -----------------------------------------------------------------------------
+    n_reviews: int = field(default=4000, metadata={"help": "reviews in the SFT corpus"})
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary of the tiny tokenizer"})
+    n_layer: int = field(default=2, metadata={"help": "tiny GPT-2 layers"})
+    n_embd: int = field(default=64, metadata={"help": "tiny GPT-2 width"})
+    n_head: int = field(default=4, metadata={"help": "tiny GPT-2 heads"})
+    max_length: int = field(default=96, metadata={"help": "token limit for SFT/RM training texts"})
+
+    # --- SFT -----------------------------------------------------------------------------------------------
+    sft_steps: int = field(default=200, metadata={"help": "SFT optimizer steps"})
+    sft_batch_size: int = field(default=32, metadata={"help": "SFT batch size"})
+    sft_learning_rate: float = field(default=3e-3, metadata={"help": "SFT peak learning rate (cosine)"})
+
+    # --- reward model ----------------------------------------------------------------------------------------
+    n_pairs: int = field(default=3000, metadata={"help": "training preference pairs"})
+    n_eval_pairs: int = field(default=500, metadata={"help": "held-out pairs (eval prompts, clean labels)"})
+    label_noise: float = field(default=0.1, metadata={"help": "fraction of training labels flipped"})
+    rm_steps: int = field(default=100, metadata={"help": "reward-model optimizer steps"})
+    rm_batch_size: int = field(default=32, metadata={"help": "pairs per reward-model step"})
+    rm_learning_rate: float = field(default=1e-3, metadata={"help": "reward-model peak learning rate"})
+
+    # --- PPO -----------------------------------------------------------------------------------------------
+    ppo_steps: int = field(default=80, metadata={"help": "PPO steps (rollout + update)"})
+    rollout_batch_size: int = field(default=32, metadata={"help": "prompts per PPO step"})
+    mini_batch_size: int = field(default=16, metadata={"help": "completions per PPO optimizer step"})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    ppo_learning_rate: float = field(default=1e-4, metadata={"help": "policy learning rate (tiny model)"})
+    critic_learning_rate: float = field(default=1e-4, metadata={"help": "critic learning rate"})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "beta of the per-token KL penalty to the SFT model"}
+    )
+    max_new_tokens: int = field(default=48, metadata={"help": "completion budget (reviews are ~27 tokens)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (PPO and evaluation)"})
+    save_steps: int = field(default=20, metadata={"help": "PPO checkpoint every N steps (for --resume)"})
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+    n_eval_prompts: int = field(default=96, metadata={"help": "held-out prompts scored for SFT and PPO"})
+    n_report_samples: int = field(default=6, metadata={"help": "before/after samples shown in report.md"})
+
+
+def log(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
+def _quiet_libraries() -> None:
+    """One bar per stage: silence the libraries' own bars (dataset maps, weight loading) and info logs."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# run directory
+
+
+class RunDir:
+    """`run_dir/<stage>/` holds each stage's model and a `stage.json` (seconds + key numbers) once it finished."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def stage(self, name: str) -> Path:
+        return self.path / name
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        marker = self.stage(name) / "stage.json"
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def finish(self, name: str, seconds: float, **numbers: Any) -> dict[str, Any]:
+        info = {"stage": name, "seconds": round(seconds, 2), **numbers}
+        (self.stage(name) / "stage.json").write_text(json.dumps(info, indent=2))
+        return info
+
+    def clear(self, name: str) -> None:
+        shutil.rmtree(self.stage(name), ignore_errors=True)
+
+
+def plan_stages(cfg: DemoConfig, run: RunDir) -> list[str]:
+    """Which stages to run; refuses (before any training) to clobber finished work unless told to."""
+    wanted = list(STAGES) if cfg.stage == "all" else [cfg.stage]
+    if cfg.sft_model:
+        wanted = [s for s in wanted if s != "sft"]
+    if cfg.overwrite and cfg.resume:
+        raise ValueError("--overwrite and --resume contradict each other; pick one")
+    finished = [s for s in wanted if run.done(s)]
+    if finished and not (cfg.overwrite or cfg.resume):
+        what = "a finished run" if (run.path / "summary.json").is_file() else f"finished stage(s) {finished}"
+        raise FileExistsError(
+            f"{run.path} already holds {what}. Pass --overwrite to redo it, --resume to keep finished stages "
+            "and continue, or --run_dir <new dir>."
+        )
+    if cfg.resume:
+        wanted = [s for s in wanted if s not in finished]
+    return wanted
+
+
+def model_sources(cfg: DemoConfig, run: RunDir) -> dict[str, str]:
+    return {
+        "sft": cfg.sft_model or str(run.stage("sft")),
+        "rm": cfg.reward_model or str(run.stage("rm")),
+        "ppo": str(run.stage("ppo")),
+    }
+
+
+def validate_sources(cfg: DemoConfig, run: RunDir, todo: list[str]) -> None:
+    """Every model given on the command line, and every earlier stage's output a stage needs, must load, checked
+    before any training starts (rlhf.hub gives the clear message for missing paths / unreachable Hub ids)."""
+    from rlhf.hub import load_model_config
+
+    for name in ("base_model", "sft_model", "reward_model"):
+        if getattr(cfg, name):
+            load_model_config(getattr(cfg, name), field=name)
+    sources = model_sources(cfg, run)
+    needs = {"rm": ["sft"], "ppo": ["sft", "rm"], "eval": ["sft", "rm", "ppo"]}
+    for stage in todo:
+        for need in needs.get(stage, []):
+            if need in todo or (need == "sft" and cfg.sft_model) or (need == "rm" and cfg.reward_model):
+                continue
+            if not run.done(need):
+                raise FileNotFoundError(
+                    f"--stage {stage} needs the {need} stage's model in {sources[need]}, which is missing or "
+                    f"unfinished: run `--stage {need}` first"
+                    + {"sft": " or pass --sft_model", "rm": " or pass --reward_model", "ppo": ""}[need]
+                )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# stages
+
+
+def run_sft(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    from rlhf.demo import corpus, stages
+
+    t0 = time.perf_counter()
+    train_prompts, _ = corpus.split_prompts(cfg.seed)
+    texts = corpus.make_reviews(train_prompts, cfg.n_reviews, seed=cfg.seed)
+    model, tokenizer = stages.build_base_model(
+        texts,
+        cfg.base_model,
+        cfg.vocab_size,
+        cfg.seed,
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        n_head=cfg.n_head,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"[data] {len(texts)} reviews, tokenizer vocab {len(tokenizer)} (PAD {tokenizer.pad_token_id} != EOS "
+        f"{tokenizer.eos_token_id}), policy {n_params / 1e6:.2f}M parameters"
+    )
+    out = run.stage("sft")
+    loss = stages.train_sft(cfg, model, tokenizer, texts, out)
+    shutil.rmtree(out / "trl", ignore_errors=True)
+    return run.finish("sft", time.perf_counter() - t0, final_loss=loss, n_params=n_params)
+
+
+def run_rm(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from rlhf.demo import corpus, stages
+
+    t0 = time.perf_counter()
+    sources = model_sources(cfg, run)
+    train_prompts, eval_prompts = corpus.split_prompts(cfg.seed)
+    out = run.stage("rm")
+    train_accuracy = math.nan
+    if not cfg.reward_model:
+        tokenizer = AutoTokenizer.from_pretrained(sources["sft"])
+        pairs = corpus.make_preference_pairs(
+            train_prompts, cfg.n_pairs, seed=cfg.seed + 1, label_noise=cfg.label_noise
+        )
+        log(
+            f"[rm] {len(pairs['chosen'])} pairs, {sum(not c for c in pairs['gold_correct'])} labels flipped "
+            f"(label_noise={cfg.label_noise})"
+        )
+        train_accuracy = stages.train_reward_model(cfg, sources["sft"], tokenizer, pairs, out)
+        shutil.rmtree(out / "trl", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # Held-out pairs come from prompts the RM never saw, labelled by the gold judge without noise.
+    held_out = corpus.make_preference_pairs(
+        eval_prompts, cfg.n_eval_pairs, seed=cfg.seed + 2, label_noise=0.0
+    )
+    rm = stages.load_eos_reward_model(sources["rm"])
+    accuracy = stages.pairwise_accuracy(rm, held_out["chosen"], held_out["rejected"])
+    return run.finish(
+        "rm", time.perf_counter() - t0, rm_accuracy=accuracy, rm_train_accuracy_noisy=train_accuracy
+    )
+
+
+def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoTokenizer
+
+    from rlhf import PPOConfig, PPOTrainer
+    from rlhf.checkpoint import list_checkpoints
+    from rlhf.demo import corpus, stages
+
+    t0 = time.perf_counter()
+    sources = model_sources(cfg, run)
+    out = run.stage("ppo")
+    resume = "latest" if cfg.resume and out.is_dir() and list_checkpoints(out) else None
+    if resume:
+        log(f"[ppo] resuming from the latest checkpoint in {out}")
+    elif out.exists():
+        run.clear("ppo")
+    train_prompts, _ = corpus.split_prompts(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(sources["sft"])
+    args = PPOConfig(
+        output_dir=str(out),
+        seed=cfg.seed,
+        max_steps=cfg.ppo_steps,
+        rollout_batch_size=cfg.rollout_batch_size,
+        num_generations=1,
+        mini_batch_size=cfg.mini_batch_size,
+        micro_batch_size=cfg.mini_batch_size,
+        num_ppo_epochs=cfg.num_ppo_epochs,
+        learning_rate=cfg.ppo_learning_rate,
+        critic_learning_rate=cfg.critic_learning_rate,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        kl_coef=cfg.kl_coef,
+        advantage_estimator="gae",
+        critic_init="reward_model",
+        # weight 0: the gold judge is only logged, so the plot shows proxy vs gold reward per step
+        reward_weights=[1.0, 0.0],
+        missing_eos_penalty=None,
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        resume_from_checkpoint=resume,
+    )
+    trainer = PPOTrainer(
+        model=sources["sft"],
+        reward_funcs=[stages.load_eos_reward_model(sources["rm"]), corpus.gold_judge],
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"prompt": train_prompts}),
+        processing_class=tokenizer,
+    )
+    history = trainer.train()
+    trainer.save_model(out)
+    last = history[-1] if history else {}
+    previous = (run.done("ppo") or {}).get("seconds", 0.0) if resume else 0.0
+    return run.finish(
+        "ppo",
+        previous + time.perf_counter() - t0,
+        final_proxy_reward=last.get("reward/rm"),
+        final_gold_reward=last.get("reward/gold_judge"),
+        final_kl=last.get("kl"),
+    )
+
+
+def run_eval(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.demo import corpus, stages
+
+    t0 = time.perf_counter()
+    sources = model_sources(cfg, run)
+    _, eval_prompts = corpus.split_prompts(cfg.seed)
+    prompts = eval_prompts[: cfg.n_eval_prompts]
+    rm = stages.load_eos_reward_model(sources["rm"])
+    results: dict[str, dict[str, Any]] = {}
+    token_ids = {}
+    policies = {}
+    for name in ("sft", "ppo"):
+        policies[name] = AutoModelForCausalLM.from_pretrained(sources[name])
+        tokenizer = AutoTokenizer.from_pretrained(sources[name])
+        # the same prompts and the same seed for both policies
+        texts, token_ids[name] = stages.sample(
+            policies[name], tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed + 7
+        )
+        results[name] = {
+            "completions": texts,
+            "gold": corpus.gold_judge(prompts, texts),
+            "proxy": rm(prompts, texts),
+            "length": [len(r) for _, r in token_ids[name]],
+            "eos": [bool(len(r)) and int(r[-1]) == tokenizer.eos_token_id for _, r in token_ids[name]],
+        }
+    # KL(PPO || SFT) per completion, estimated on PPO's own samples (k1, summed over tokens; nats)
+    logp_ppo = stages.sequence_logprobs(policies["ppo"], token_ids["ppo"])
+    logp_sft = stages.sequence_logprobs(policies["sft"], token_ids["ppo"])
+    kl = statistics.mean(a - b for a, b in zip(logp_ppo, logp_sft))
+    wins = [
+        (p > s) + 0.5 * (p == s) for p, s in zip(results["ppo"]["gold"], results["sft"]["gold"])
+    ]  # ties count half
+    out = run.stage("eval")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "samples.jsonl").open("w") as f:
+        for i, prompt in enumerate(prompts):
+            row = {"prompt": prompt}
+            for name in ("sft", "ppo"):
+                r = results[name]
+                row[name] = {"completion": r["completions"][i], "gold": r["gold"][i], "proxy": r["proxy"][i]}
+            f.write(json.dumps(row) + "\n")
+    numbers = {
+        "n_eval_prompts": len(prompts),
+        **{
+            f"{metric}_{name}": statistics.mean(results[name][key])
+            for name in ("sft", "ppo")
+            for metric, key in (
+                ("gold_reward", "gold"),
+                ("proxy_reward", "proxy"),
+                ("completion_length", "length"),
+                ("eos_fraction", "eos"),
+            )
+        },
+        "kl_ppo": kl,
+        "gold_win_rate_ppo_vs_sft": statistics.mean(wins),
+    }
+    return run.finish("eval", time.perf_counter() - t0, **numbers)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def summarise(cfg: DemoConfig, run: RunDir) -> dict[str, Any] | None:
+    """summary.json + report.md + plots, once every stage has finished."""
+    from rlhf.demo.report import write_report
+
+    done = {s: run.done(s) for s in STAGES}
+    if not all(done.values()) and not (cfg.sft_model and all(done[s] for s in ("rm", "ppo", "eval"))):
+        return None
+    seconds = {s: (done[s] or {}).get("seconds", 0.0) for s in STAGES}
+    summary = {
+        "rm_accuracy": done["rm"]["rm_accuracy"],
+        "rm_train_accuracy_noisy": done["rm"].get("rm_train_accuracy_noisy"),
+        **{k: v for k, v in done["eval"].items() if k not in ("stage", "seconds")},
+        "sft_final_loss": (done["sft"] or {}).get("final_loss"),
+        "seconds": {**seconds, "total": round(sum(seconds.values()), 2)},
+        "seed": cfg.seed,
+        "num_threads": cfg.num_threads,
+    }
+    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(run.path, summary, cfg)
+    return summary
+
+
+RUNNERS = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "eval": run_eval}
+KEY_NUMBER = {
+    "sft": lambda i: f"final train loss {i['final_loss']:.3f}",
+    "rm": lambda i: f"held-out pairwise accuracy {i['rm_accuracy']:.3f}",
+    "ppo": lambda i: (
+        f"last step: proxy reward {i['final_proxy_reward']:.3f}, gold {i['final_gold_reward']:.3f}, "
+        f"KL {i['final_kl']:.2f}"
+    ),
+    "eval": lambda i: (
+        f"gold reward SFT {i['gold_reward_sft']:.3f} -> PPO {i['gold_reward_ppo']:.3f}, proxy "
+        f"{i['proxy_reward_sft']:.3f} -> {i['proxy_reward_ppo']:.3f}, KL(PPO||SFT) {i['kl_ppo']:.2f}"
+    ),
+}
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
+    """Run the planned stages; returns the summary when the run is complete (else None)."""
+    import torch
+
+    from classic.common import seed_everything
+
+    _quiet_libraries()
+    torch.set_num_threads(cfg.num_threads)
+    run = RunDir(cfg.run_dir)
+    todo = plan_stages(cfg, run)
+    validate_sources(cfg, run, todo)
+    run.path.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        for stage in todo:
+            run.clear(stage)
+        (run.path / "summary.json").unlink(missing_ok=True)
+    (run.path / "config.json").write_text(json.dumps(cfg.__dict__, indent=2))
+    t_all = time.perf_counter()
+    for stage in todo:
+        seed_everything(cfg.seed)  # each stage's randomness is independent of which stages ran before it
+        if stage != "ppo":  # PPO keeps its directory when resuming from a checkpoint
+            run.clear(stage)
+        info = RUNNERS[stage](cfg, run)
+        log(f"[{stage}] done in {info['seconds']:.1f} s: {KEY_NUMBER[stage](info)}")
+    summary = summarise(cfg, run)
+    if summary:
+        log(
+            f"[demo] {time.perf_counter() - t_all:.1f} s this invocation; per stage "
+            + ", ".join(f"{s} {summary['seconds'][s]:.1f} s" for s in STAGES)
+            + f". Report: {run.path / 'report.md'}"
+        )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from classic.cli import parse_config
+
+    run_demo(parse_config(DemoConfig, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The demo's report: PNG plots from the PPO metrics and `report.md` with the numbers and before/after samples."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from classic.runlog import moving_average, plot_curves, read_metrics
+
+SMOOTH = 5  # PPO steps of 32 prompts are noisy; a short moving average shows the trend, the raw line stays
+
+
+def plot_proxy_vs_gold(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+    """Proxy (reward model) and gold reward per PPO step on two y-axes (their scales differ), with the SFT
+    policy's held-out levels as dashed lines: the over-optimisation picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax_proxy = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    ax_gold = ax_proxy.twinx()
+    lines = []
+    for ax, key, label, color, sft_key in (
+        (ax_proxy, "reward/rm", "proxy: reward model score", "C0", "proxy_reward_sft"),
+        (ax_gold, "reward/gold_judge", "gold: lexicon judge", "C3", "gold_reward_sft"),
+    ):
+        values = [r.get(key, math.nan) for r in rows]
+        ax.plot(steps, values, color=color, alpha=0.25)
+        (line,) = ax.plot(
+            steps, moving_average(values, SMOOTH), color=color, label=f"{label} (moving avg {SMOOTH})"
+        )
+        lines.append(line)
+        if sft_key in summary:
+            lines.append(
+                ax.axhline(
+                    summary[sft_key], color=color, ls="--", lw=1, label=f"{label.split(':')[0]}: SFT policy"
+                )
+            )
+    ax_proxy.set_xlabel("PPO step")
+    ax_proxy.set_ylabel("proxy reward (reward model score)", color="C0")
+    ax_gold.set_ylabel("gold reward (in [-1, 1])", color="C3")
+    ax_gold.set_ylim(-1.05, 1.05)
+    ax_proxy.set_title("PPO against the learned reward model: proxy vs gold reward")
+    ax_proxy.grid(alpha=0.3)
+    ax_proxy.legend(handles=lines, loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _cell(text: str) -> str:
+    return text.strip().replace("|", "\\|").replace("\n", " ") or "*(empty)*"
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
+    rows = read_metrics(run_dir / "ppo" / "metrics.jsonl")
+    plot_proxy_vs_gold(run_dir / "reward_proxy_vs_gold.png", rows, summary)
+    plot_curves(
+        run_dir / "kl.png",
+        rows,
+        "step",
+        ["kl"],
+        "KL(policy || SFT reference) per completion during PPO",
+        "KL (nats, k1 estimate summed over tokens)",
+        labels=["KL"],
+    )
+    plot_curves(
+        run_dir / "completion_length.png",
+        rows,
+        "step",
+        ["completion_length"],
+        "Completion length during PPO",
+        "tokens per completion",
+        labels=["mean completion length"],
+    )
+    samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").open()]
+    s = summary
+    sec = s["seconds"]
+    lines = [
+        "# RLHF demo report",
+        "",
+        "Task: product reviews from a template grammar; the *gold judge* scores a completion by its sentiment "
+        "words ((#positive - #negative) / #sentiment words, in [-1, 1]). The reward model learnt it from "
+        f"{cfg.n_pairs} preference pairs with {cfg.label_noise:.0%} of labels flipped; PPO optimised the reward "
+        f"model with a KL penalty (beta {cfg.kl_coef}) to the SFT policy. Seed {s['seed']}.",
+        "",
+        "| | SFT policy | PPO policy |",
+        "|---|---|---|",
+        f"| gold reward (held-out prompts) | {s['gold_reward_sft']:.3f} | {s['gold_reward_ppo']:.3f} |",
+        f"| proxy reward (reward model) | {s['proxy_reward_sft']:.3f} | {s['proxy_reward_ppo']:.3f} |",
+        f"| completion length (tokens) | {s['completion_length_sft']:.1f} | {s['completion_length_ppo']:.1f} |",
+        f"| fraction ending with EOS | {s['eos_fraction_sft']:.2f} | {s['eos_fraction_ppo']:.2f} |",
+        "",
+        f"- KL(PPO || SFT) on held-out prompts: {s['kl_ppo']:.2f} nats per completion.",
+        f"- PPO beats SFT by the gold judge on {s['gold_win_rate_ppo_vs_sft']:.0%} of the "
+        f"{s['n_eval_prompts']} held-out prompts (same prompts, same sampling seed; ties count half).",
+        f"- Reward model: held-out pairwise accuracy {s['rm_accuracy']:.3f} against noise-free gold labels.",
+        "- Seconds per stage: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sec.items() if k != "total")
+        + f"; total {sec['total']:.1f} ({s['num_threads']} torch threads).",
+        "",
+        "## Plots",
+        "",
+        "![proxy vs gold reward](reward_proxy_vs_gold.png)",
+        "",
+        "Proxy (left axis) and gold (right axis) reward of the PPO samples at each step; dashed lines are the SFT "
+        "policy's held-out levels. When the proxy keeps rising while the gold reward stalls, PPO is exploiting "
+        "the reward model rather than the task.",
+        "",
+        "![KL](kl.png) ![completion length](completion_length.png)",
+        "",
+        "## Samples: the same held-out prompts, before (SFT) and after (PPO)",
+        "",
+        "| prompt | SFT completion | gold / proxy | PPO completion | gold / proxy |",
+        "|---|---|---|---|---|",
+    ]
+    for row in samples[: cfg.n_report_samples]:
+        a, b = row["sft"], row["ppo"]
+        lines.append(
+            f"| {_cell(row['prompt'])} | {_cell(a['completion'])} | {a['gold']:.2f} / {a['proxy']:.2f} "
+            f"| {_cell(b['completion'])} | {b['gold']:.2f} / {b['proxy']:.2f} |"
+        )
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
