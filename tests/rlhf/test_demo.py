@@ -1,0 +1,133 @@
+"""The offline RLHF demo: the gold judge and data by hand, then one shortened run of the real pipeline (same code
+path as `rlhf-demo`, smaller sizes) checked for files, finite numbers and a gold-reward improvement."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from classic.cli import parse_config
+from rlhf.demo import corpus
+from rlhf.demo.pipeline import DemoConfig, run_demo
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Same code path as the full demo, sized to run in well under 90 s on 2 shared cores. PPO's learning rate is higher
+# than the recipe's so that 16 steps are enough to move the gold reward.
+SHORT = [
+    "--num_threads", "1",
+    "--n_reviews", "1000",
+    "--sft_steps", "80",
+    "--n_pairs", "800",
+    "--rm_steps", "40",
+    "--n_eval_pairs", "200",
+    "--ppo_steps", "16",
+    "--rollout_batch_size", "16",
+    "--ppo_learning_rate", "3e-4",
+    "--critic_learning_rate", "3e-4",
+    "--save_steps", "8",
+    "--n_eval_prompts", "32",
+]  # fmt: skip
+# Measured with the settings above (seed 0): gold reward SFT 0.XX -> PPO 0.XX. The margin leaves room for
+# platform-dependent float differences while still failing if PPO does nothing.
+GOLD_MARGIN = 0.2
+
+
+def test_gold_judge_by_hand():
+    assert corpus.gold_score(" The lid is great. I love it.") == 1.0
+    assert corpus.gold_score(" The lid is great but the strap is flimsy. I hate it.") == pytest.approx(-1 / 3)
+    assert corpus.gold_score(" It arrived on time.") == 0.0
+    assert corpus.gold_judge(["p", "p"], [" awful", " superb superb cheap"]) == [-1.0, pytest.approx(1 / 3)]
+
+
+def test_corpus_is_seeded_and_prompts_are_held_out():
+    train, held_out = corpus.split_prompts(seed=0)
+    assert len(train) + len(held_out) == len(corpus.all_prompts()) == 384
+    assert not set(train) & set(held_out)
+    assert corpus.make_reviews(train, 50, seed=3) == corpus.make_reviews(train, 50, seed=3)
+    reviews = corpus.make_reviews(train, 2000, seed=0)
+    assert all(any(r.startswith(p) for p in train) for r in reviews[:100])
+    # glowing, scathing and mixed reviews: the corpus is balanced around 0
+    assert abs(sum(corpus.gold_score(r) for r in reviews) / len(reviews)) < 0.05
+    pairs = corpus.make_preference_pairs(train, 1000, seed=1, label_noise=0.1)
+    flipped = sum(not c for c in pairs["gold_correct"])
+    assert 70 <= flipped <= 130
+    for chosen, rejected, correct in zip(pairs["chosen"], pairs["rejected"], pairs["gold_correct"]):
+        assert (corpus.gold_score(chosen) > corpus.gold_score(rejected)) == correct
+
+
+def test_shipped_yaml_equals_the_defaults():
+    assert parse_config(DemoConfig, ["--config", str(REPO / "recipes" / "demo.yaml")]) == DemoConfig()
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    t0 = time.perf_counter()
+    summary = run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), *SHORT]))
+    return run_dir, summary, time.perf_counter() - t0
+
+
+def test_short_run_writes_everything_and_ppo_improves_the_gold_reward(short_run):
+    run_dir, summary, seconds = short_run
+    for name in ("summary.json", "report.md", "reward_proxy_vs_gold.png", "kl.png", "completion_length.png"):
+        assert (run_dir / name).is_file(), name
+    for stage in ("sft", "rm", "ppo"):
+        assert (run_dir / stage / "config.json").is_file() and (run_dir / stage / "tokenizer.json").is_file()
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    keys = [
+        "rm_accuracy",
+        "gold_reward_sft",
+        "gold_reward_ppo",
+        "proxy_reward_sft",
+        "proxy_reward_ppo",
+        "kl_ppo",
+    ]
+    for key in keys:
+        assert math.isfinite(summary[key]), key
+    assert set(summary["seconds"]) == {"sft", "rm", "ppo", "eval", "total"}
+    assert summary["rm_accuracy"] >= 0.8
+    assert summary["gold_reward_ppo"] > summary["gold_reward_sft"] + GOLD_MARGIN
+    assert summary["proxy_reward_ppo"] > summary["proxy_reward_sft"]
+    assert summary["kl_ppo"] > 0
+    rows = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert {"reward/rm", "reward/gold_judge", "kl", "completion_length"} <= set(rows[0])
+    report = (run_dir / "report.md").read_text()
+    assert "| prompt | SFT completion |" in report and "![proxy vs gold reward]" in report
+    print(f"short demo run: {seconds:.1f} s, summary {summary}")
+
+
+def test_saved_policies_load_in_a_text_generation_pipeline(short_run):
+    from transformers import pipeline
+
+    run_dir, _, _ = short_run
+    for stage in ("sft", "ppo"):
+        generate = pipeline("text-generation", model=str(run_dir / stage), device="cpu")
+        out = generate("I bought this lamp last week.", max_new_tokens=8, do_sample=False)
+        assert out[0]["generated_text"].startswith("I bought this lamp last week.")
+
+
+def test_finished_run_is_refused_unless_resume_or_overwrite(short_run):
+    run_dir, summary, _ = short_run
+    with pytest.raises(FileExistsError, match="already holds a finished run.*--overwrite.*--resume"):
+        run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), *SHORT]))
+    # --resume with every stage finished trains nothing and rebuilds the same summary
+    t0 = time.perf_counter()
+    assert run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), "--resume", *SHORT])) == summary
+    assert time.perf_counter() - t0 < 20
+
+
+def test_unreachable_hub_id_fails_before_training(tmp_path):
+    cfg = parse_config(DemoConfig, ["--run_dir", str(tmp_path / "run"), "--sft_model", "gpt2"])
+    with pytest.raises(OSError, match=r"sft_model='gpt2' could not be loaded: .*offline"):
+        run_demo(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
+    cfg = parse_config(DemoConfig, ["--run_dir", str(tmp_path / "run"), "--stage", "ppo"])
+    with pytest.raises(FileNotFoundError, match="needs the sft stage's model.*--stage sft"):
+        run_demo(cfg)
