@@ -286,7 +286,7 @@ def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
         reward_weights=[1.0, 0.0],
         missing_eos_penalty=None,
         save_steps=cfg.save_steps,
-        save_total_limit=1,
+        save_total_limit=2,
         resume_from_checkpoint=resume,
     )
     trainer = PPOTrainer(

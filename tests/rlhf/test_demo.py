@@ -14,25 +14,29 @@ from rlhf.demo.pipeline import DemoConfig, run_demo
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Same code path as the full demo, sized to run in well under 90 s on 2 shared cores. PPO's learning rate is higher
-# than the recipe's so that 16 steps are enough to move the gold reward.
+# Same code path as the full demo with fewer steps and smaller data, and higher learning rates so that 80 SFT steps,
+# 40 RM steps and 10 PPO steps are enough. Measured (seed 0, 1 thread): 47 s of CPU time; 92 s wall-clock while
+# 4 other jobs shared the 2 cores.
 SHORT = [
     "--num_threads", "1",
     "--n_reviews", "1000",
     "--sft_steps", "80",
+    "--sft_learning_rate", "6e-3",
     "--n_pairs", "800",
     "--rm_steps", "40",
+    "--rm_learning_rate", "2e-3",
     "--n_eval_pairs", "200",
-    "--ppo_steps", "16",
-    "--rollout_batch_size", "16",
+    "--ppo_steps", "10",
+    "--rollout_batch_size", "32",
     "--ppo_learning_rate", "3e-4",
     "--critic_learning_rate", "3e-4",
-    "--save_steps", "8",
+    "--save_steps", "5",
     "--n_eval_prompts", "32",
 ]  # fmt: skip
-# Measured with the settings above (seed 0): gold reward SFT 0.XX -> PPO 0.XX. The margin leaves room for
-# platform-dependent float differences while still failing if PPO does nothing.
-GOLD_MARGIN = 0.2
+# Measured with these settings: rm_accuracy 0.945; gold reward SFT -0.220 -> PPO 0.382 (+0.60), proxy -0.272 ->
+# 0.390, KL 2.2 nats. The run is deterministic on one machine; the margin leaves room for other CPUs' float
+# differences while still failing if PPO does not move the gold reward.
+GOLD_MARGIN = 0.3
 
 
 def test_gold_judge_by_hand():
@@ -93,7 +97,7 @@ def test_short_run_writes_everything_and_ppo_improves_the_gold_reward(short_run)
     assert summary["proxy_reward_ppo"] > summary["proxy_reward_sft"]
     assert summary["kl_ppo"] > 0
     rows = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").open()]
-    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert [r["step"] for r in rows] == list(range(1, 11))
     assert {"reward/rm", "reward/gold_judge", "kl", "completion_length"} <= set(rows[0])
     report = (run_dir / "report.md").read_text()
     assert "| prompt | SFT completion |" in report and "![proxy vs gold reward]" in report
