@@ -13,7 +13,6 @@ helped. Outputs go to `run_dir` (see `write_report`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import statistics
@@ -224,7 +223,7 @@ def run_rm(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
     sources = model_sources(cfg, run)
     train_prompts, eval_prompts = corpus.split_prompts(cfg.seed)
     out = run.stage("rm")
-    train_accuracy = math.nan
+    train_accuracy = None  # no training when --reward_model is given
     if not cfg.reward_model:
         tokenizer = AutoTokenizer.from_pretrained(sources["sft"])
         pairs = corpus.make_preference_pairs(
