@@ -409,17 +409,23 @@ KEY_NUMBER = {
 }
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
+def prepare(cfg: DemoConfig) -> tuple[RunDir, list[str]]:
+    """Every check that can fail on bad input, before any training: stages to run, existing outputs, and every
+    model source (clear messages for missing paths and unreachable Hub ids)."""
+    _quiet_libraries()
+    run = RunDir(cfg.run_dir)
+    todo = plan_stages(cfg, run)
+    validate_sources(cfg, run, todo)
+    return run, todo
+
+
+def execute(cfg: DemoConfig, run: RunDir, todo: list[str]) -> dict[str, Any] | None:
     """Run the planned stages; returns the summary when the run is complete (else None)."""
     import torch
 
     from classic.common import seed_everything
 
-    _quiet_libraries()
     torch.set_num_threads(cfg.num_threads)
-    run = RunDir(cfg.run_dir)
-    todo = plan_stages(cfg, run)
-    validate_sources(cfg, run, todo)
     run.path.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
         for stage in todo:
@@ -443,10 +449,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
     return summary
 
 
+def run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
+    return execute(cfg, *prepare(cfg))
+
+
 def main(argv: list[str] | None = None) -> None:
     from classic.cli import parse_config
 
-    run_demo(parse_config(DemoConfig, argv))
+    try:
+        cfg = parse_config(DemoConfig, argv)
+        run, todo = prepare(cfg)
+    except (
+        ValueError,
+        OSError,
+    ) as err:  # bad input: one clear line, no traceback (FileExistsError is an OSError)
+        raise SystemExit(f"rlhf-demo: error: {err}") from None
+    execute(cfg, run, todo)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 from classic.cli import parse_config
 from rlhf.demo import corpus
-from rlhf.demo.pipeline import DemoConfig, run_demo
+from rlhf.demo.pipeline import DemoConfig, main, run_demo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,6 +118,9 @@ def test_finished_run_is_refused_unless_resume_or_overwrite(short_run):
     run_dir, summary, _ = short_run
     with pytest.raises(FileExistsError, match="already holds a finished run.*--overwrite.*--resume"):
         run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), *SHORT]))
+    # the console script says it in one line, without a traceback
+    with pytest.raises(SystemExit, match="^rlhf-demo: error: .* already holds a finished run"):
+        main(["--run_dir", str(run_dir)])
     # --resume with every stage finished trains nothing and rebuilds the same summary
     t0 = time.perf_counter()
     assert run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), "--resume", *SHORT])) == summary
