@@ -99,12 +99,12 @@ class PPOTrainer:
 
             policy = get_peft_model(policy, peft_config)
         if args.gradient_checkpointing:
-            # transformers 5 renamed it; keep working with 4.x
-            enable = (
-                getattr(policy, "activation_checkpointing_enable", None)
-                or policy.gradient_checkpointing_enable
-            )
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(policy, "activation_checkpointing_enable"):  # transformers >= 5
+                policy.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
+            else:
+                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if peft_config is not None:
                 policy.enable_input_require_grads()
         if ref_model is not None:
