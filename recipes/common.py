@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -219,7 +220,6 @@ class ClassifierLabelReward:
         field: str = "reward_model_name_or_path",
         batch_size: int = 32,
         trust_remote_code: bool = False,
-        device: torch.device | str = "cpu",
     ) -> None:
         config = load_model_config(name_or_path, field=field, trust_remote_code=trust_remote_code)
         label2id = {str(k).upper(): int(v) for k, v in (config.label2id or {}).items()}
@@ -235,13 +235,17 @@ class ClassifierLabelReward:
             name_or_path, trust_remote_code=trust_remote_code
         )
         self.model.config.pad_token_id = self.tokenizer.pad_token_id  # last-token classifiers find the end by it
-        self.model.eval().requires_grad_(False).to(device)
+        self.model.eval().requires_grad_(False)
         self.batch_size = batch_size
         self.__name__ = f"{Path(name_or_path.rstrip('/')).name}:{label.upper()}"
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        device = next(self.model.parameters()).device
+        # the process's device, known once the trainer's Accelerator exists (creating accelerate state earlier
+        # would fix it before `accelerate launch`'s settings are read)
+        device = PartialState().device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
         texts = [p + c for p, c in zip(prompts, completions)]
         scores: list[float] = []
         for i in range(0, len(texts), self.batch_size):

@@ -15,6 +15,7 @@ reward functions → PPOTrainer. train: PPOTrainer.train(), then save the policy
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,6 @@ from typing import Literal
 if __package__ in (None, ""):  # run as a script: make `recipes.common` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accelerate import PartialState
 from transformers import AutoTokenizer
 
 from classic.cli import parse_config
@@ -97,7 +97,8 @@ class PPORecipeConfig(PPOConfig):
 
 
 def main(cfg: PPORecipeConfig) -> None:
-    state = PartialState()
+    # no accelerate state is created before PPOTrainer's Accelerator: it would freeze the distributed setup
+    is_main = int(os.environ.get("RANK", "0")) == 0
     # fail fast: every model and the dataset must be found before any weights are loaded
     load_model_config(cfg.model_name_or_path, "model_name_or_path", cfg.trust_remote_code)
     if cfg.reward_model_name_or_path is not None:
@@ -109,8 +110,8 @@ def main(cfg: PPORecipeConfig) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, cfg.max_prompt_length)
-    if dropped:
-        state.print(f"dropped {dropped} prompts longer than max_prompt_length={cfg.max_prompt_length} tokens")
+    if dropped and is_main:
+        print(f"dropped {dropped} prompts longer than max_prompt_length={cfg.max_prompt_length} tokens")
 
     rewards: list = [REWARD_FUNCTIONS[name] for name in cfg.reward_functions]
     if cfg.reward_model_name_or_path is not None and cfg.reward_label is not None:
@@ -119,7 +120,6 @@ def main(cfg: PPORecipeConfig) -> None:
                 cfg.reward_model_name_or_path,
                 cfg.reward_label,
                 trust_remote_code=cfg.trust_remote_code,
-                device=state.device,
             )
         )
     elif cfg.reward_model_name_or_path is not None:
@@ -148,7 +148,9 @@ def main(cfg: PPORecipeConfig) -> None:
     )
     trainer.train()
     trainer.save_model()
-    trainer.accelerator.end_training()
+    acc = trainer.accelerator
+    acc.print(f"{trainer.step} steps on {acc.num_processes} process(es); model saved to {cfg.output_dir}")
+    acc.end_training()
     destroy_process_group()
 
 

@@ -45,7 +45,9 @@ class SFTRecipeConfig:
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1 = num_train_epochs decides"})
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps with linear warmup"})
+    warmup_steps: float = field(
+        default=0.0, metadata={"help": "linear warmup: steps, or a fraction of all steps if < 1"}
+    )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "sequences per device per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
     max_length: int = field(default=1024, metadata={"help": "truncate prompt + completion to this many tokens"})
@@ -87,7 +89,7 @@ def main(cfg: SFTRecipeConfig) -> None:
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
