@@ -234,7 +234,9 @@ class ClassifierLabelReward:
         self.model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code
         )
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id  # last-token classifiers find the end by it
+        self.model.config.pad_token_id = (
+            self.tokenizer.pad_token_id
+        )  # last-token classifiers find the end by it
         self.model.eval().requires_grad_(False)
         self.batch_size = batch_size
         self.__name__ = f"{Path(name_or_path.rstrip('/')).name}:{label.upper()}"

@@ -78,7 +78,8 @@ class PPORecipeConfig(PPOConfig):
         default=0.0, metadata={"help": "LoRA dropout (0: log-probs at rollout and update must agree)"}
     )
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"], metadata={"help": "modules to adapt; [all-linear] = every linear"}
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "modules to adapt; [all-linear] = every linear"},
     )
 
     def __post_init__(self) -> None:

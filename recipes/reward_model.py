@@ -31,14 +31,20 @@ from rlhf.hub import load_model_config
 class RewardRecipeConfig:
     """Reward-model recipe (TRL RewardTrainer, Bradley-Terry loss on preference pairs)."""
 
-    model_name_or_path: str = field(metadata={"help": "initial model (usually the SFT model): id or directory"})
+    model_name_or_path: str = field(
+        metadata={"help": "initial model (usually the SFT model): id or directory"}
+    )
     dataset_name: str = field(
         metadata={"help": "Hub id, a save_to_disk directory, or a json/jsonl/csv/parquet file"}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "dataset configuration"})
     dataset_split: str = field(default="train", metadata={"help": "split to train on"})
-    max_samples: int | None = field(default=None, metadata={"help": "use only the first N pairs (None = all)"})
-    output_dir: str = field(default="runs/reward_model", metadata={"help": "where the model and tokenizer go"})
+    max_samples: int | None = field(
+        default=None, metadata={"help": "use only the first N pairs (None = all)"}
+    )
+    output_dir: str = field(
+        default="runs/reward_model", metadata={"help": "where the model and tokenizer go"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed"})
     num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the dataset"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1 = num_train_epochs decides"})
@@ -56,12 +62,19 @@ class RewardRecipeConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})
+    save_steps: int = field(
+        default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"}
+    )
     report_to: list[str] = field(default_factory=list, metadata={"help": "trackers, e.g. [tensorboard]"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the Hub"})
 
     def __post_init__(self) -> None:
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "logging_steps",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:

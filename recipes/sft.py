@@ -50,16 +50,25 @@ class SFTRecipeConfig:
     )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "sequences per device per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
-    max_length: int = field(default=1024, metadata={"help": "truncate prompt + completion to this many tokens"})
+    max_length: int = field(
+        default=1024, metadata={"help": "truncate prompt + completion to this many tokens"}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})
+    save_steps: int = field(
+        default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"}
+    )
     report_to: list[str] = field(default_factory=list, metadata={"help": "trackers, e.g. [tensorboard]"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the Hub"})
 
     def __post_init__(self) -> None:
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "logging_steps",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -79,7 +88,9 @@ def main(cfg: SFTRecipeConfig) -> None:
         require_columns(dataset, ("prompt", "completion"))
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code
+    )
     ensure_pad_token(tokenizer, model)
     cuda = torch.cuda.is_available()
     args = SFTConfig(

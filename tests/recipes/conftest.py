@@ -48,7 +48,12 @@ def assets(tmp_path_factory) -> dict[str, str]:
 
     imdb = Dataset.from_list(read_jsonl("imdb.jsonl"))
     DatasetDict({"train": imdb, "test": imdb.select(range(4))}).save_to_disk(root / "imdb_disk")
-    paths = {"root": root, "lm": root / "tiny_lm", "sentiment": root / "tiny_sentiment", "imdb_disk": root / "imdb_disk"}
+    paths = {
+        "root": root,
+        "lm": root / "tiny_lm",
+        "sentiment": root / "tiny_sentiment",
+        "imdb_disk": root / "imdb_disk",
+    }
     paths.update({f.stem: f for f in FIXTURES.glob("*.jsonl")})
     return {k: str(v) for k, v in paths.items()}
 
@@ -59,6 +64,7 @@ def launch(
     *overrides: str,
     accelerate_config: str = "recipes/accelerate/cpu.yaml",
     accelerate_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file <accelerate_config> recipes/<script> --config <config> <overrides>`, run
@@ -72,6 +78,7 @@ def launch(
         OMP_NUM_THREADS="1",
         PYTHONWARNINGS="ignore",
     )
+    env.update(extra_env or {})
     cmd = [ACCELERATE, "launch", "--config_file", accelerate_config, *accelerate_args]
     cmd += [f"recipes/{script}", "--config", config, *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -42,7 +42,9 @@ def test_gsm8k_exact_answer_by_hand():
 def test_local_sources_load_through_the_same_function(assets):
     rows = load_dataset_checked(assets["gsm8k"])  # jsonl: one file = one split
     assert rows.column_names == ["question", "answer"] and len(rows) == 8
-    train = load_dataset_checked(assets["imdb_disk"], split="train", max_samples=5)  # save_to_disk DatasetDict
+    train = load_dataset_checked(
+        assets["imdb_disk"], split="train", max_samples=5
+    )  # save_to_disk DatasetDict
     assert len(train) == 5 and set(train.column_names) == {"text", "label"}
     assert len(load_dataset_checked(assets["imdb_disk"], split="test")) == 4
 
@@ -61,7 +63,9 @@ def test_unknown_split_lists_the_splits(assets):
 
 def test_unreachable_hub_id_fails_fast_with_the_field_and_a_remedy():
     start = time.perf_counter()
-    with pytest.raises(OSError, match=r"dataset_name='stanfordnlp/imdb' could not be loaded: .*offline.*save_to_disk"):
+    with pytest.raises(
+        OSError, match=r"dataset_name='stanfordnlp/imdb' could not be loaded: .*offline.*save_to_disk"
+    ):
         load_dataset_checked("stanfordnlp/imdb")
     assert time.perf_counter() - start < 20
 
@@ -72,16 +76,22 @@ def test_prompts(assets):
     assert imdb[1]["prompt"] == "This film was a"
     assert all(len(p.split()) == 4 and "<br" not in p for p in imdb["prompt"])
     gsm = gsm8k_prompts(load_dataset_checked(assets["gsm8k"]))
-    assert gsm[0]["prompt"][0]["role"] == "user" and gsm[0]["prompt"][0]["content"].startswith("Tom has 3 apples")
+    assert gsm[0]["prompt"][0]["role"] == "user" and gsm[0]["prompt"][0]["content"].startswith(
+        "Tom has 3 apples"
+    )
     assert gsm[0]["answer"].endswith("#### 7")
-    with pytest.raises(ValueError, match=r"no column\(s\) \['question', 'answer'\]; its columns are \['text', 'label'\]"):
+    with pytest.raises(
+        ValueError, match=r"no column\(s\) \['question', 'answer'\]; its columns are \['text', 'label'\]"
+    ):
         gsm8k_prompts(load_dataset_checked(assets["imdb"]))
 
 
 def test_drop_long_prompts_uses_the_chat_template(assets):
     tokenizer = AutoTokenizer.from_pretrained(assets["lm"])
     gsm = gsm8k_prompts(load_dataset_checked(assets["gsm8k"]))
-    lengths = [len(tokenizer.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in gsm["prompt"]]
+    lengths = [
+        len(tokenizer.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in gsm["prompt"]
+    ]
     cut = sorted(lengths)[4]
     kept, dropped = drop_long_prompts(gsm, tokenizer, cut)
     assert dropped == sum(n > cut for n in lengths) and len(kept) == 8 - dropped
@@ -105,5 +115,7 @@ def test_classifier_label_reward_errors(assets, tmp_path):
         ClassifierLabelReward(assets["sentiment"], "JOY")
     with pytest.raises(FileNotFoundError, match="reward_model_name_or_path=.*no such local path"):
         ClassifierLabelReward(str(tmp_path / "nope"), "POSITIVE")
-    with pytest.raises(OSError, match="reward_model_name_or_path='lvwerra/distilbert-imdb' could not be loaded"):
+    with pytest.raises(
+        OSError, match="reward_model_name_or_path='lvwerra/distilbert-imdb' could not be loaded"
+    ):
         ClassifierLabelReward("lvwerra/distilbert-imdb", "POSITIVE")

@@ -23,7 +23,13 @@ LAUNCH = re.compile(
 
 def test_the_issue_recipes_are_all_shipped():
     names = {p.stem for p in RECIPE_YAMLS}
-    expected = {"gpt2_imdb_ppo", "gpt2_imdb_rloo", "qwen_gsm8k_grpo", "qwen_gsm8k_grpo_lora", "qwen_gsm8k_ppo"}
+    expected = {
+        "gpt2_imdb_ppo",
+        "gpt2_imdb_rloo",
+        "qwen_gsm8k_grpo",
+        "qwen_gsm8k_grpo_lora",
+        "qwen_gsm8k_ppo",
+    }
     assert expected | {"tldr_sft", "tldr_reward", "tldr_ppo"} <= names
 
 
@@ -48,7 +54,14 @@ def test_yaml_loads_into_its_script_config(path):
 def test_every_field_can_be_overridden_on_the_command_line():
     argv = ["--config", "recipes/gpt2_imdb_ppo.yaml", "--max_steps", "3", "--output_dir", "runs/x"]
     argv += ["--model_name_or_path", "/tmp/m", "--dataset_name", "./d.jsonl", "--dataset_split", "test"]
-    argv += ["--reward_label", "NEGATIVE", "--kl_coef=0.1", "--use_lora", "--lora_target_modules", "c_attn,c_proj"]
+    argv += [
+        "--reward_label",
+        "NEGATIVE",
+        "--kl_coef=0.1",
+        "--use_lora",
+        "--lora_target_modules",
+        "c_attn,c_proj",
+    ]
     cfg = parse_config(PPORecipeConfig, [str(REPO / a) if a.endswith(".yaml") else a for a in argv])
     assert (cfg.max_steps, cfg.output_dir, cfg.model_name_or_path) == (3, "runs/x", "/tmp/m")
     assert (cfg.dataset_name, cfg.dataset_split, cfg.reward_label) == ("./d.jsonl", "test", "NEGATIVE")
@@ -62,7 +75,9 @@ def test_unknown_keys_are_errors_that_list_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rat'\].*learning_rate"):
         parse_config(SFTRecipeConfig, ["--config", str(bad)])
     with pytest.raises(ValueError, match="valid keys are: .*dataset_name"):
-        parse_config(PPORecipeConfig, ["--config", str(REPO / "recipes/qwen_gsm8k_grpo.yaml"), "--datset", "x"])
+        parse_config(
+            PPORecipeConfig, ["--config", str(REPO / "recipes/qwen_gsm8k_grpo.yaml"), "--datset", "x"]
+        )
 
 
 @pytest.mark.parametrize(
@@ -104,7 +119,13 @@ ACCELERATE_CONFIGS = {
 def test_accelerate_configs_parse_with_the_expected_keys(name, distributed_type):
     path = REPO / "recipes" / "accelerate" / f"{name}.yaml"
     raw = yaml.safe_load(path.read_text())
-    for key in ("compute_environment", "distributed_type", "num_processes", "num_machines", "mixed_precision"):
+    for key in (
+        "compute_environment",
+        "distributed_type",
+        "num_processes",
+        "num_machines",
+        "mixed_precision",
+    ):
         assert key in raw, (name, key)
     assert raw["distributed_type"] == distributed_type
     assert raw["use_cpu"] is (name == "cpu")
