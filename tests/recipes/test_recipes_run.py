@@ -15,7 +15,7 @@ from recipes.reward_model import RewardRecipeConfig
 from recipes.reward_model import main as reward_main
 from recipes.sft import SFTRecipeConfig
 from recipes.sft import main as sft_main
-from tests.recipes.conftest import launch
+from tests.recipes.conftest import REPO, launch
 
 SMALL_PPO = ["--max_steps", "2", "--micro_batch_size", "2", "--num_ppo_epochs", "1", "--max_new_tokens", "4"]
 SMALL_PPO += ["--bf16", "false", "--gradient_checkpointing", "false", "--disable_tqdm", "true"]
@@ -111,7 +111,7 @@ def test_tldr_reward(assets, tmp_path):
 
 # --- bad input: fails before any training, naming the field ------------------------------------------------------
 def ppo_config(assets, tmp_path, *extra: str) -> PPORecipeConfig:
-    base = ["--config", "recipes/gpt2_imdb_ppo.yaml", "--model_name_or_path", assets["lm"]]
+    base = ["--config", str(REPO / "recipes/gpt2_imdb_ppo.yaml"), "--model_name_or_path", assets["lm"]]
     base += ["--reward_model_name_or_path", assets["sentiment"], "--dataset_name", assets["imdb"]]
     return parse_config(PPORecipeConfig, [*base, "--output_dir", str(tmp_path / "out"), *extra])
 
@@ -153,7 +153,8 @@ def test_ppo_bad_input_fails_before_training(assets, tmp_path, monkeypatch, extr
 
 def test_sft_and_reward_bad_input_fail_before_training(assets, tmp_path):
     sft = parse_config(
-        SFTRecipeConfig, ["--config", "recipes/tldr_sft.yaml", "--output_dir", str(tmp_path / "o")]
+        SFTRecipeConfig,
+        ["--config", str(REPO / "recipes/tldr_sft.yaml"), "--output_dir", str(tmp_path / "o")],
     )
     with pytest.raises(OSError, match="model_name_or_path='EleutherAI/pythia-410m' could not be loaded"):
         sft_main(sft)
@@ -161,7 +162,8 @@ def test_sft_and_reward_bad_input_fail_before_training(assets, tmp_path):
     with pytest.raises(OSError, match="dataset_name='trl-lib/tldr' could not be loaded"):
         sft_main(sft)
     rm = parse_config(
-        RewardRecipeConfig, ["--config", "recipes/tldr_reward.yaml", "--output_dir", str(tmp_path / "o")]
+        RewardRecipeConfig,
+        ["--config", str(REPO / "recipes/tldr_reward.yaml"), "--output_dir", str(tmp_path / "o")],
     )
     with pytest.raises(FileNotFoundError, match="model_name_or_path='./runs/tldr_sft': no such local path"):
         reward_main(rm)  # the SFT stage has not run
