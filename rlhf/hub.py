@@ -50,6 +50,11 @@ def load_model_config(
             f"{field}={name_or_path!r} could not be loaded: {reason}. Download it on a connected machine "
             f"(e.g. `huggingface-cli download {name_or_path} --local-dir ./{Path(name_or_path).name}`) and pass "
             "the local directory instead."
+            + (
+                f" If {name_or_path!r} is meant as a local directory: it does not exist (relative to {Path.cwd()})."
+                if "/" in name_or_path
+                else ""
+            )
         ) from err
     except ValueError as err:
         if "trust_remote_code" in str(err):

@@ -44,7 +44,9 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
             "(tokenizer.add_special_tokens({'pad_token': '<|pad|>'})) and resize the model's embeddings"
         )
     tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-    model.resize_token_embeddings(len(tokenizer))
+    # only grow: many checkpoints pad their embedding matrix past the vocabulary (Pythia: 50304 rows)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
 
 

@@ -49,6 +49,18 @@ class RewardModel:
         self.batch_size = batch_size
         self.max_length = max_length
 
+    def _text(self, prompt: Any, completion: str) -> str:
+        """Chat prompts are rendered with the reward model's own chat template, the completion as the
+        assistant's turn; plain-text prompts are concatenated."""
+        if isinstance(prompt, list):
+            if self.tokenizer.chat_template is None:
+                raise ValueError(
+                    f"reward model {self.__name__!r}: chat prompts need a tokenizer with a chat template"
+                )
+            messages = [*prompt, {"role": "assistant", "content": completion}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return prompt + completion
+
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         device = next(self.model.parameters()).device
@@ -58,7 +70,7 @@ class RewardModel:
         try:
             for i in range(0, len(prompts), self.batch_size):
                 texts = [
-                    p + c
+                    self._text(p, c)
                     for p, c in zip(prompts[i : i + self.batch_size], completions[i : i + self.batch_size])
                 ]
                 enc = self.tokenizer(

@@ -36,6 +36,13 @@ from rlhf.rollout import Rollout, ends_with_eos, forward_logprobs, forward_value
 RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
 
 
+def _has_accelerator() -> bool:
+    probe = getattr(torch, "accelerator", None)
+    if probe is not None and hasattr(probe, "is_available"):
+        return bool(probe.is_available())
+    return torch.cuda.is_available()
+
+
 class PPOTrainer:
     """`PPOTrainer(model, reward_funcs, args, train_dataset, processing_class).train()`.
 
@@ -60,6 +67,9 @@ class PPOTrainer:
     ) -> None:
         self.args = args = args or PPOConfig()
         self.accelerator = Accelerator(
+            # without cpu=True, accelerate treats processes started by `accelerate launch --multi_gpu` on a
+            # machine with no accelerator as independent single-process runs (gloo is never used)
+            cpu=not _has_accelerator(),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision="bf16" if args.bf16 else "no",
             log_with=args.report_to or None,
@@ -89,7 +99,12 @@ class PPOTrainer:
 
             policy = get_peft_model(policy, peft_config)
         if args.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(policy, "activation_checkpointing_enable"):  # transformers >= 5
+                policy.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
+            else:
+                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if peft_config is not None:
                 policy.enable_input_require_grads()
         if ref_model is not None:

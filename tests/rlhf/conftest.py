@@ -63,3 +63,12 @@ def sft_policy(tokenizer, sft_state):
     model = build_causal_lm(tokenizer, seed=0)
     model.load_state_dict(sft_state)
     return model
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """accelerate keeps one process-wide state; tests that switch bf16 on need a clean one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield

@@ -17,3 +17,22 @@ def test_local_directory_loads(tmp_path):
     tok = build_tokenizer(["hello world"] * 4, vocab_size=270)
     build_causal_lm(tok).save_pretrained(tmp_path)
     assert load_model_config(str(tmp_path)).model_type == "gpt2"
+
+
+def test_missing_relative_directory_says_so():
+    with pytest.raises(OSError, match="meant as a local directory: it does not exist"):
+        load_model_config("runs/not_there")
+
+
+def test_pad_token_is_added_without_shrinking_padded_embeddings():
+    from rlhf.models import ensure_pad_token
+
+    tok = build_tokenizer(["hello world"] * 4, vocab_size=270)
+    model = build_causal_lm(tok)
+    model.resize_token_embeddings(len(tok) + 30)  # padded matrix, like Pythia's
+    rows = model.get_input_embeddings().weight.shape[0]
+    tok.pad_token = tok.eos_token
+    ensure_pad_token(tok, model)
+    assert tok.pad_token_id != tok.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == rows
+    assert model.config.pad_token_id == tok.pad_token_id

@@ -1,0 +1,269 @@
+"""What the recipes share: loading a dataset from the Hub or a local copy (errors name the config field), turning
+dataset rows into prompts, and the reward functions of the shipped recipes.
+
+A dataset source is one of
+    a Hub id                      stanfordnlp/imdb        (load_dataset(id, config, split=...))
+    a directory from save_to_disk ./data/imdb             (a DatasetDict picks `split`; a Dataset is used as is)
+    a json / jsonl / csv / parquet file                   (one file = one split)
+    a directory of data files     ./data/gsm8k/           (load_dataset(dir, split=...))
+so a recipe runs on an offline machine by pointing `dataset_name` at a local copy; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from rlhf.hub import load_model_config
+
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+# --- datasets ---------------------------------------------------------------------------------------------------
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or Path(name).suffix.lower() in DATA_FILE_BUILDERS
+    )
+
+
+def load_dataset_checked(
+    name: str,
+    config: str | None = None,
+    split: str = "train",
+    field: str = "dataset_name",
+    max_samples: int | None = None,
+) -> Dataset:
+    """One split of a Hub dataset or a local copy (see the module docstring). Every failure (missing path, Hub id
+    that cannot be reached, unknown split) raises before any model is loaded, naming `field`."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(
+                f"{field}={name!r}: unsupported file type {path.suffix!r}; use one of {sorted(DATA_FILE_BUILDERS)}, "
+                "a directory written by Dataset.save_to_disk, or a Hub id"
+            )
+        dataset = load_dataset(builder, data_files=str(path), split="train")
+    elif path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
+        loaded = load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise ValueError(
+                    f"{field}={name!r}: no split {split!r} (dataset_split); splits are {sorted(loaded)}"
+                )
+            loaded = loaded[split]
+        dataset = loaded
+    elif path.is_dir():
+        dataset = _load_dataset_or_explain(str(path), config, split, field, name)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(f"{field}={name!r}: no such local file or directory")
+    else:
+        dataset = _load_dataset_or_explain(name, config, split, field, name)
+    if len(dataset) == 0:
+        raise ValueError(f"{field}={name!r} (split {split!r}) has no rows")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset
+
+
+def _load_dataset_or_explain(source: str, config: str | None, split: str, field: str, name: str) -> Dataset:
+    try:
+        return load_dataset(source, config, split=split)
+    except ValueError as err:  # unknown split or config: the message lists the valid ones
+        raise ValueError(
+            f"{field}={name!r} (dataset_config={config!r}, dataset_split={split!r}): {err}"
+        ) from err
+    except Exception as err:  # offline, unknown id, gated: datasets raises several types
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        reason = (
+            "this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the local cache"
+            if offline
+            else f"{type(err).__name__}: {err}"
+        )
+        raise OSError(
+            f"{field}={name!r} could not be loaded: {reason}. On a connected machine run "
+            f"`datasets.load_dataset({name!r}, {config!r}, split={split!r}).save_to_disk('./{Path(name).name}')` "
+            f"and pass the local directory as {field}."
+        ) from err
+
+
+def require_columns(dataset: Dataset, columns: tuple[str, ...], field: str = "dataset_name") -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{field}: the dataset has no column(s) {missing}; its columns are {dataset.column_names}"
+        )
+
+
+# --- prompts ----------------------------------------------------------------------------------------------------
+GSM8K_INSTRUCTION = (
+    "Solve the problem step by step. End with the final answer as a number on its own line, "
+    "in the form '#### <number>'."
+)
+
+
+def imdb_prompts(dataset: Dataset, prompt_words: int) -> Dataset:
+    """The first `prompt_words` words of each review (HTML line breaks removed): the policy continues the review."""
+    require_columns(dataset, ("text",))
+
+    def first_words(row: dict[str, Any]) -> dict[str, str]:
+        return {"prompt": " ".join(row["text"].replace("<br />", " ").split()[:prompt_words])}
+
+    return dataset.map(first_words, remove_columns=dataset.column_names)
+
+
+def gsm8k_prompts(dataset: Dataset) -> Dataset:
+    """Chat-message prompts (one user turn) from `question`; `answer` (ending '#### N') goes to the reward."""
+    require_columns(dataset, ("question", "answer"))
+
+    def to_messages(row: dict[str, Any]) -> dict[str, Any]:
+        content = f"{row['question']}\n\n{GSM8K_INSTRUCTION}"
+        return {"prompt": [{"role": "user", "content": content}], "answer": row["answer"]}
+
+    return dataset.map(to_messages, remove_columns=dataset.column_names)
+
+
+def tldr_prompts(dataset: Dataset) -> Dataset:
+    """trl-lib/tldr rows already carry the prompt ('SUBREDDIT: ... POST: ... TL;DR:'); keep only it."""
+    require_columns(dataset, ("prompt",))
+    return dataset.select_columns(["prompt"])
+
+
+def build_prompts(task: str, dataset: Dataset, prompt_words: int = 8) -> Dataset:
+    if task == "imdb":
+        return imdb_prompts(dataset, prompt_words)
+    if task == "gsm8k":
+        return gsm8k_prompts(dataset)
+    if task == "tldr":
+        return tldr_prompts(dataset)
+    raise ValueError(f"task={task!r}: expected imdb, gsm8k or tldr")
+
+
+def prompt_text(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> str:
+    """What the policy sees: the string itself, or the chat template with the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def drop_long_prompts(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int
+) -> tuple[Dataset, int]:
+    """Rows whose prompt is longer than `max_prompt_length` tokens (the trainer rejects those); returns the kept
+    rows and how many were dropped."""
+    if isinstance(dataset[0]["prompt"], list) and tokenizer.chat_template is None:
+        raise ValueError(
+            "model_name_or_path: chat-message prompts need a tokenizer with a chat template (use an instruct model)"
+        )
+
+    def short_enough(rows: dict[str, list]) -> list[bool]:
+        texts = [prompt_text(p, tokenizer) for p in rows["prompt"]]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) <= max_prompt_length for x in ids]
+
+    kept = dataset.filter(short_enough, batched=True)
+    return kept, len(dataset) - len(kept)
+
+
+# --- rewards ----------------------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def parse_number(text: str) -> Decimal | None:
+    """The final answer of a GSM8K-style text: the number after the last '####' if there is one, else the last
+    number in the text. '$1,234.50' -> Decimal('1234.50'); None if there is no number."""
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    found = _NUMBER.findall(tail)
+    if not found:
+        return None
+    token = found[0] if "####" in text else found[-1]
+    try:
+        return Decimal(token.replace(",", "").replace("$", ""))
+    except InvalidOperation:
+        return None
+
+
+def gsm8k_exact_answer(prompts: list, completions: list[str], answer: list[str], **_: Any) -> list[float]:
+    """1.0 when the completion's final number equals the reference answer (the number after '#### '), else 0.0.
+    Decimal equality, so '18', '18.0' and '$18' all match '#### 18'."""
+    scores = []
+    for completion, reference in zip(completions, answer):
+        expected = parse_number(reference)
+        got = parse_number(completion)
+        scores.append(1.0 if expected is not None and got is not None and got == expected else 0.0)
+    return scores
+
+
+REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {"gsm8k_exact_answer": gsm8k_exact_answer}
+
+
+class ClassifierLabelReward:
+    """Score = the logit of one label of a sequence classifier, e.g. POSITIVE of the 2-label sentiment model
+    `lvwerra/distilbert-imdb` (rlhf.RewardModel expects num_labels=1, so multi-label classifiers go through here).
+    It scores prompt + completion with the classifier's own tokenizer, as in TRL's gpt2-sentiment example."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        label: str,
+        field: str = "reward_model_name_or_path",
+        batch_size: int = 32,
+        trust_remote_code: bool = False,
+    ) -> None:
+        config = load_model_config(name_or_path, field=field, trust_remote_code=trust_remote_code)
+        label2id = {str(k).upper(): int(v) for k, v in (config.label2id or {}).items()}
+        if label.upper() not in label2id:
+            raise ValueError(
+                f"reward_label={label!r}: {field}={name_or_path!r} has labels {sorted(config.label2id or {})}"
+            )
+        self.label_id = label2id[label.upper()]
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"{field}={name_or_path!r}: the classifier's tokenizer has no pad token")
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code
+        )
+        self.model.config.pad_token_id = (
+            self.tokenizer.pad_token_id
+        )  # last-token classifiers find the end by it
+        self.model.eval().requires_grad_(False)
+        self.batch_size = batch_size
+        self.__name__ = f"{Path(name_or_path.rstrip('/')).name}:{label.upper()}"
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        # the process's device, known once the trainer's Accelerator exists (creating accelerate state earlier
+        # would fix it before `accelerate launch`'s settings are read)
+        device = PartialState().device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        texts = [p + c for p, c in zip(prompts, completions)]
+        scores: list[float] = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                texts[i : i + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                padding_side="right",
+                truncation=True,
+            ).to(device)
+            logits = self.model(**enc).logits  # (batch, num_labels)
+            scores.extend(logits[:, self.label_id].float().tolist())
+        return scores
+
+
+def destroy_process_group() -> None:
+    """Under `accelerate launch --multi_gpu`, processes that exit with the group alive abort (code -6)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,159 @@
+"""RL fine-tuning of a causal LM with rlhf.PPOTrainer: PPO with a critic, RLOO or GRPO, full or LoRA.
+
+Launch (one GPU; see recipes/accelerate/ for multi-GPU, FSDP, DeepSpeed and CPU):
+
+    accelerate launch --config_file recipes/accelerate/single_gpu.yaml recipes/ppo.py \
+        --config recipes/gpt2_imdb_ppo.yaml
+
+Every field of `PPORecipeConfig` (the trainer's PPOConfig plus model, dataset, reward and LoRA fields) can be set in
+the YAML file or overridden on the command line, e.g. `--max_steps 10 --output_dir runs/try --dataset_name ./imdb`.
+Run `python recipes/ppo.py --help` for the list.
+
+setup: check that every model and dataset can be found (fail fast) → rows to prompts → drop over-long prompts →
+reward functions → PPOTrainer. train: PPOTrainer.train(), then save the policy (the adapter only with LoRA).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+if __package__ in (None, ""):  # run as a script: make `recipes.common` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import AutoTokenizer
+
+from classic.cli import parse_config
+from recipes.common import (
+    REWARD_FUNCTIONS,
+    ClassifierLabelReward,
+    build_prompts,
+    destroy_process_group,
+    drop_long_prompts,
+    load_dataset_checked,
+)
+from rlhf import PPOConfig, PPOTrainer
+from rlhf.hub import load_model_config
+
+
+@dataclass(kw_only=True)
+class PPORecipeConfig(PPOConfig):
+    """RL fine-tuning recipe: rlhf.PPOConfig plus the model, the prompts, the reward and LoRA."""
+
+    model_name_or_path: str = field(metadata={"help": "policy (and reference): Hub id or local directory"})
+    dataset_name: str = field(
+        metadata={"help": "Hub id, a save_to_disk directory, or a json/jsonl/csv/parquet file"}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "dataset configuration, e.g. main"})
+    dataset_split: str = field(default="train", metadata={"help": "split to take prompts from"})
+    max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows (None = all)"})
+    task: Literal["imdb", "gsm8k", "tldr"] = field(
+        metadata={
+            "help": "how rows become prompts: imdb (first words of `text`), gsm8k (chat turn from `question`; "
+            "`answer` kept for the reward), tldr (the `prompt` column)"
+        }
+    )
+    prompt_words: int = field(default=8, metadata={"help": "imdb: words of the review kept as the prompt"})
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "sequence classifier used as reward model (Hub id or directory)"}
+    )
+    reward_label: str | None = field(
+        default=None,
+        metadata={
+            "help": "score = logit of this label (e.g. POSITIVE) of a multi-label classifier; "
+            "None = the reward model has num_labels=1"
+        },
+    )
+    reward_functions: list[str] = field(
+        default_factory=list,
+        metadata={"help": f"Python reward functions by name: {sorted(REWARD_FUNCTIONS)}"},
+    )
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "LoRA dropout (0: log-probs at rollout and update must agree)"}
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "modules to adapt; [all-linear] = every linear"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reward_model_name_or_path is None and not self.reward_functions:
+            raise ValueError("give a reward: reward_model_name_or_path and/or reward_functions")
+        unknown = [f for f in self.reward_functions if f not in REWARD_FUNCTIONS]
+        if unknown:
+            raise ValueError(f"reward_functions: unknown {unknown}; known are {sorted(REWARD_FUNCTIONS)}")
+        if self.reward_label is not None and self.reward_model_name_or_path is None:
+            raise ValueError("reward_label needs reward_model_name_or_path")
+        if self.max_samples is not None and self.max_samples <= 0:
+            raise ValueError(f"max_samples must be positive, got {self.max_samples}")
+        if self.prompt_words <= 0:
+            raise ValueError(f"prompt_words must be positive, got {self.prompt_words}")
+
+
+def main(cfg: PPORecipeConfig) -> None:
+    # no accelerate state is created before PPOTrainer's Accelerator: it would freeze the distributed setup
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    # fail fast: every model and the dataset must be found before any weights are loaded
+    load_model_config(cfg.model_name_or_path, "model_name_or_path", cfg.trust_remote_code)
+    if cfg.reward_model_name_or_path is not None:
+        load_model_config(cfg.reward_model_name_or_path, "reward_model_name_or_path", cfg.trust_remote_code)
+    dataset = load_dataset_checked(
+        cfg.dataset_name, cfg.dataset_config, cfg.dataset_split, "dataset_name", cfg.max_samples
+    )
+    dataset = build_prompts(cfg.task, dataset, cfg.prompt_words)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+    dataset, dropped = drop_long_prompts(dataset, tokenizer, cfg.max_prompt_length)
+    if dropped and is_main:
+        print(f"dropped {dropped} prompts longer than max_prompt_length={cfg.max_prompt_length} tokens")
+
+    rewards: list = [REWARD_FUNCTIONS[name] for name in cfg.reward_functions]
+    if cfg.reward_model_name_or_path is not None and cfg.reward_label is not None:
+        rewards.append(
+            ClassifierLabelReward(
+                cfg.reward_model_name_or_path,
+                cfg.reward_label,
+                trust_remote_code=cfg.trust_remote_code,
+            )
+        )
+    elif cfg.reward_model_name_or_path is not None:
+        rewards.append(cfg.reward_model_name_or_path)  # num_labels=1: loaded by the trainer as a RewardModel
+
+    peft_config = None
+    if cfg.use_lora:
+        from peft import LoraConfig
+
+        targets = cfg.lora_target_modules
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+
+    trainer = PPOTrainer(
+        cfg.model_name_or_path,
+        rewards,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trainer.save_model()
+    acc = trainer.accelerator
+    acc.print(f"{trainer.step} steps on {acc.num_processes} process(es); model saved to {cfg.output_dir}")
+    acc.end_training()
+    destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parse_config(PPORecipeConfig))

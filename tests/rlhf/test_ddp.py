@@ -1,0 +1,52 @@
+"""Two processes on CPU (gloo), launched as users launch them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_processes_do_equal_work_and_stay_in_sync(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(WORKER),
+        str(tmp_path),
+        "gae",
+        "grpo",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for estimator in ("gae", "grpo"):
+        check_run(tmp_path / estimator)
+
+
+def check_run(run_dir):
+    ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    # the ranks saw disjoint prompts (each rank its own shard), 2 steps x 4 prompts each
+    p0, p1 = set(ranks[0]["prompts"]), set(ranks[1]["prompts"])
+    assert len(p0) == len(p1) == 8 and not p0 & p1
+    assert ranks[0]["weights_equal_across_ranks"] and ranks[1]["weights_equal_across_ranks"]
+    # metrics are reduced across ranks, so both ranks log the same numbers
+    assert ranks[0]["history"][-1]["reward"] == ranks[1]["history"][-1]["reward"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+    ]
+    assert {f"rng_state_{r}.pt" for r in range(2)} <= {p.name for p in (run_dir / "checkpoint-2").iterdir()}

@@ -1,0 +1,106 @@
+"""Chat prompts, remote code, bf16 and gradient checkpointing."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+from rlhf import PPOConfig, PPOTrainer
+from rlhf.hub import load_model_config
+from rlhf.rewards import RewardModel
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def config(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        rollout_batch_size=4,
+        mini_batch_size=4,
+        micro_batch_size=4,
+        max_new_tokens=4,
+        num_ppo_epochs=1,
+        disable_tqdm=True,
+        critic_init="policy",
+    )
+    return PPOConfig(**{**base, **kw})
+
+
+def test_chat_prompts_use_the_chat_template(tmp_path, tokenizer, policy, reward_model):
+    tokenizer = (
+        tokenizer.__class__.from_pretrained(tokenizer.name_or_path) if tokenizer.name_or_path else tokenizer
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    received = []
+
+    def record(prompts, completions, **kw):
+        received.extend(prompts)
+        return [0.0] * len(completions)
+
+    messages = [[{"role": "user", "content": f"say {w}"}] for w in ("good", "bad", "cat", "dog")]
+    trainer = PPOTrainer(
+        policy,
+        [record, reward_model],
+        config(tmp_path),
+        datasets.Dataset.from_dict({"prompt": messages}),
+        tokenizer,
+        reward_processing_classes=tokenizer,
+    )
+    expected = tokenizer("<user>say good<assistant>", add_special_tokens=False)["input_ids"]
+    assert trainer.prompt_ids[0] == expected
+    trainer.train()
+    assert received and all(isinstance(p, list) and p[0]["role"] == "user" for p in received)
+    rm = next(f for f in trainer.reward_funcs if isinstance(f, RewardModel))
+    assert rm._text(messages[0], " ok") == "<user>say good<assistant> ok"
+
+
+def test_chat_prompts_without_a_template_are_an_error(tmp_path, tokenizer, policy):
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="row 0: chat-message prompt but the tokenizer has no chat template"):
+        PPOTrainer(
+            policy,
+            lambda prompts, completions, **k: [0.0] * len(prompts),
+            config(tmp_path),
+            datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]] * 4}),
+            tokenizer,
+        )
+
+
+def test_remote_code_is_refused_unless_asked(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "my_custom", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}
+        )
+    )
+    (tmp_path / "configuration_custom.py").write_text(
+        "from transformers import PretrainedConfig\n\nclass CustomConfig(PretrainedConfig):\n    model_type = 'my_custom'\n"
+    )
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model_config(str(tmp_path), trust_remote_code=False)
+    assert load_model_config(str(tmp_path), trust_remote_code=True).model_type == "my_custom"
+
+
+@pytest.mark.parametrize("option", ["bf16", "gradient_checkpointing"])
+def test_bf16_and_gradient_checkpointing_train(tmp_path, tokenizer, policy, option):
+    before = policy.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    trainer = PPOTrainer(
+        policy,
+        lambda prompts, completions, **k: [len(c) / 10 for c in completions],
+        config(tmp_path, **{option: True}),
+        datasets.Dataset.from_dict({"prompt": ["a"] * 4}),
+        ensure_pad(tokenizer),
+    )
+    row = trainer.train()[-1]
+    assert all(v is None or v == v for v in row.values())  # no NaN
+    after = trainer.accelerator.unwrap_model(trainer.policy).transformer.h[0].mlp.c_fc.weight
+    assert not torch.equal(before, after.detach().float())
+
+
+def ensure_pad(tokenizer):
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    return tokenizer
