@@ -35,6 +35,7 @@ class RewardModel:
         name: str,
         batch_size: int = 32,
         max_length: int | None = None,
+        append_eos: bool = True,
     ) -> None:
         if getattr(model.config, "num_labels", 1) != 1:
             raise ValueError(f"reward model {name!r} has num_labels={model.config.num_labels}; expected 1")
@@ -48,6 +49,8 @@ class RewardModel:
         self.__name__ = name
         self.batch_size = batch_size
         self.max_length = max_length
+        # TRL's RewardTrainer appends EOS to every training text, so the score head learnt to read that position
+        self.append_eos = append_eos and tokenizer.eos_token is not None
 
     def _text(self, prompt: Any, completion: str) -> str:
         """Chat prompts are rendered with the reward model's own chat template, the completion as the
@@ -59,7 +62,10 @@ class RewardModel:
                 )
             messages = [*prompt, {"role": "assistant", "content": completion}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt + completion
+        text = prompt + completion
+        if self.append_eos and not text.endswith(self.tokenizer.eos_token):
+            text += self.tokenizer.eos_token
+        return text
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:

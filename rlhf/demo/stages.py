@@ -206,19 +206,11 @@ def sample(
     return texts, token_ids
 
 
-class EOSRewardModel(RewardModel):
-    """A reward model that scores prompt + completion + EOS. TRL's RewardTrainer appends EOS to every training
-    text, so the score head learnt to read the EOS position; `rlhf.rewards.RewardModel` scores prompt +
-    completion as decoded (EOS dropped), which would read a position the head never saw in training."""
-
-    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-        return super().__call__(prompts, [c + self.tokenizer.eos_token for c in completions])
-
-
-def load_eos_reward_model(path: str | Path, name: str = "rm") -> EOSRewardModel:
+def load_eos_reward_model(path: str | Path, name: str = "rm") -> RewardModel:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return EOSRewardModel(model, tokenizer, name=name, batch_size=64)
+    # RewardModel appends EOS, as TRL's RewardTrainer did to every training text
+    return RewardModel(model, tokenizer, name=name, batch_size=64)
 
 
 def pairwise_accuracy(rm: RewardModel, chosen: list[str], rejected: list[str]) -> float:

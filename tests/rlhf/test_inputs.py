@@ -104,3 +104,10 @@ def test_bf16_and_gradient_checkpointing_train(tmp_path, tokenizer, policy, opti
 def ensure_pad(tokenizer):
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     return tokenizer
+
+
+def test_reward_model_text_ends_with_eos_like_trl_reward_training(tokenizer, reward_model):
+    rm = RewardModel(reward_model, tokenizer, "rm")
+    assert rm._text("the movie", " was good") == "the movie was good" + tokenizer.eos_token
+    assert rm._text("the movie", " was good" + tokenizer.eos_token).count(tokenizer.eos_token) == 1
+    assert RewardModel(reward_model, tokenizer, "rm", append_eos=False)._text("a", "b") == "ab"
