@@ -15,6 +15,7 @@ grad-norm clipping, observation/reward normalisation for continuous control. Def
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from classic.functional import (
     ppo_policy_loss,
     value_loss,
 )
+from classic.runlog import read_metrics
 from classic.running_norm import RewardScaler, RunningNorm
 
 
@@ -71,7 +73,9 @@ class PPOConfig:
     vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient c1 (eq. 9)"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early above this KL"})
-    normalize_obs: bool = field(default=False, metadata={"help": "running mean/std observation normalisation"})
+    normalize_obs: bool = field(
+        default=False, metadata={"help": "running mean/std observation normalisation"}
+    )
     normalize_reward: bool = field(default=False, metadata={"help": "scale rewards by std of returns"})
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden sizes"})
     init_log_std: float = field(default=0.0, metadata={"help": "initial log std of Gaussian actions"})
@@ -147,7 +151,9 @@ class Agent(nn.Module):
             if action is None:
                 action = out + torch.randn_like(out) * log_std.exp()
             # log N(a; mu, sigma^2), summed over action dimensions (independent Gaussians)
-            logprob = (-0.5 * ((action - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            logprob = (
+                -0.5 * ((action - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+            ).sum(-1)
             entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
         else:
             if action is None:
@@ -272,11 +278,15 @@ def ppo_update(
             mb_advantages = b_advantages[mb_inds]
             if cfg.norm_adv:
                 mb_advantages = masked_whiten(mb_advantages)
-            pg_loss, clip_frac, approx_kl = ppo_policy_loss(logprobs, b_logprobs[mb_inds], mb_advantages, clip_coef)
+            pg_loss, clip_frac, approx_kl = ppo_policy_loss(
+                logprobs, b_logprobs[mb_inds], mb_advantages, clip_coef
+            )
             v_loss, _ = value_loss(
                 values, b_values[mb_inds], b_returns[mb_inds], clip_coef if cfg.clip_vloss else None
             )
-            loss = pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * 2 * v_loss  # value_loss has the 0.5
+            loss = (
+                pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * 2 * v_loss
+            )  # value_loss has the 0.5
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
@@ -305,13 +315,21 @@ class TrainResult:
     wall_clock: float
 
 
-def make_envs(cfg: PPOConfig) -> gym.vector.SyncVectorEnv:
-    return make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+def first_solved_step(run_dir: Path, threshold: float | None, window: int = 20) -> int | None:
+    """The global step at which the mean of the last `window` training episodes first reached `threshold`."""
+    if threshold is None:
+        return None
+    returns: list[float] = []
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        returns.append(row["episode_return"])
+        if sum(returns[-window:]) / len(returns[-window:]) >= threshold:
+            return int(row["global_step"])
+    return None
 
 
 def train(cfg: PPOConfig) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_threads)
-    envs = make_envs(cfg)
+    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     agent = Agent(
         envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes, cfg.normalize_obs,
         cfg.init_log_std,
@@ -322,7 +340,7 @@ def train(cfg: PPOConfig) -> TrainResult:
     batch_size = cfg.num_envs * cfg.num_steps
     num_iterations = max(1, cfg.total_timesteps // batch_size)
     next_obs, _ = envs.reset(seed=cfg.seed)
-    global_step, solved_step, start = 0, None, time.time()
+    global_step, start = 0, time.time()
     for iteration in range(num_iterations):
         frac = 1.0 - iteration / num_iterations  # linear annealing to 0
         if cfg.anneal_lr:
@@ -332,23 +350,23 @@ def train(cfg: PPOConfig) -> TrainResult:
             envs, agent, next_obs, cfg.num_steps, run, global_step, reward_scaler
         )
         if cfg.stop_at_return is not None and run.mean_recent_return() >= cfg.stop_at_return:
-            solved_step = global_step
             break
         advantages, returns = compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
         ppo_update(agent, optimizer, rollout, advantages, returns, cfg, clip_coef)
     envs.close()
     run.close(agent)
-    return TrainResult(agent, run.dir, global_step, run.returns, solved_step, time.time() - start)
+    solved = first_solved_step(run.dir, cfg.stop_at_return)
+    return TrainResult(agent, run.dir, global_step, run.returns, solved, time.time() - start)
 
 
 def load(run_dir: str | Path) -> Agent:
     """The trained agent of a run directory (observation normaliser included); use `agent.greedy(obs)`."""
-    import json
-
     run_dir = Path(run_dir)
     cfg = config_from_dict(PPOConfig, json.loads((run_dir / "config.json").read_text()))
     env = gym.make(cfg.env_id)
-    agent = Agent(env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std)
+    agent = Agent(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std
+    )
     env.close()
     return load_model(agent, run_dir / "model.pt")
 
