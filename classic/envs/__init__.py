@@ -13,3 +13,10 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
 
 # Registrations go below, one line per environment, e.g.
 # _register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv")
+_register("rlbook/Navigation-v0", "classic.envs.navigation:NavigationEnv", max_episode_steps=100)
+_register(
+    "rlbook/NavigationContinuous-v0",
+    "classic.envs.navigation:NavigationEnv",
+    max_episode_steps=100,
+    kwargs={"continuous": True},
+)
