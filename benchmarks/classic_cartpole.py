@@ -5,7 +5,7 @@ with RL-Zoo hyperparameters, in the same process, one torch thread, the same see
     python benchmarks/classic_cartpole.py --seeds 1 2 3 4 5
 
 Solved = the mean return of the last 20 *training* episodes reaches 475, checked after every vector step for
-SB3 (a callback) and recovered from metrics.jsonl for ours (the same rule, `classic.ppo.first_solved_step`).
+SB3 (a callback) and recovered from metrics.jsonl for ours (the same rule, `classic.actor_critic.first_solved_step`).
 Prints, per algorithm, the median over seeds of steps and seconds to solve and the ratio ours / SB3.
 """
 
@@ -74,8 +74,8 @@ def run_sb3(algo: str, seed: int) -> tuple[int | None, float]:
 
 
 def run_ours(algo: str, seed: int) -> tuple[int | None, float]:
+    from classic.actor_critic import first_solved_step
     from classic.cli import config_from_dict
-    from classic.ppo import first_solved_step
 
     module = __import__(f"classic.{algo}", fromlist=["train"])
     config_cls = next(v for k, v in vars(module).items() if k.lower() == f"{algo}config")

@@ -8,7 +8,7 @@ one gradient step on
     L = -mean_t[ A_t log pi(a_t|s_t) ] + c_v * mean_t[ (R_t - V(s_t))^2 ] - c_e * mean_t[ H(pi(.|s_t)) ]
 where R_t is the n-step return bootstrapped from V(s_{t+n}) (GAE with lambda = 1, Schulman et al. 2016,
 eq. 18; set gae_lambda < 1 for GAE) and A_t = R_t - V(s_t). Truncated episodes bootstrap from their final
-observation, terminated ones from 0. The network, rollout and advantage code are PPO's; only the update differs.
+observation, terminated ones from 0. The network, rollout and advantage code are PPO's (classic.actor_critic); only the update differs.
 Defaults: Stable-Baselines3 / RL-Zoo for CartPole-v1 (8 envs, n=5, RMSprop lr 7e-4 alpha 0.99 eps 1e-5).
 """
 
@@ -25,10 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from classic.actor_critic import (
+    Agent,
+    Rollout,
+    TrainResult,
+    collect_rollout,
+    compute_advantages,
+    first_solved_step,
+)
 from classic.cli import config_from_dict, parse_config
 from classic.common import Run, check_env_id, check_positive, load_model, make_vec_env, seed_everything
 from classic.functional import masked_whiten, value_loss
-from classic.ppo import Agent, Rollout, TrainResult, collect_rollout, compute_advantages, first_solved_step
 from classic.running_norm import RewardScaler
 
 
@@ -100,7 +107,7 @@ def make_optimizer(agent: nn.Module, cfg: A2CConfig) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(
             agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.optim_eps
         )
-    return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optim_eps)
+    return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optim_eps, fused=True)
 
 
 def train(cfg: A2CConfig) -> TrainResult:

@@ -1,6 +1,6 @@
 """Acceptance runs of issue #4 (minutes each on one core): python -m pytest -m slow tests/classic
 
-CartPole-v1 "solved" = mean of the last 20 training episodes >= 475 (classic.ppo.first_solved_step)."""
+CartPole-v1 "solved" = mean of the last 20 training episodes >= 475 (classic.actor_critic.first_solved_step)."""
 
 import statistics
 from pathlib import Path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from classic import a2c, ppo
+from classic import a2c, actor_critic, ppo
 from classic.cli import parse_config
 from classic.common import make_vec_env
 from classic.functional import ppo_policy_loss
@@ -99,12 +99,14 @@ def fit_value_of_start(wrappers, gamma=0.98, iterations=60):
     """Policy evaluation with the real rollout + GAE code: regress V on lambda=1 returns, repeat."""
     torch.manual_seed(0)
     envs = make_vec_env("test/ConstantReward-v0", 4, seed=0, wrappers=wrappers)
-    agent = ppo.Agent(envs.single_observation_space, envs.single_action_space, hidden_sizes=[])  # V = w*1 + b
+    agent = actor_critic.Agent(
+        envs.single_observation_space, envs.single_action_space, hidden_sizes=[]
+    )  # V = w*1 + b
     optimizer = torch.optim.Adam(agent.critic.parameters(), lr=0.5)
     next_obs, _ = envs.reset(seed=0)
     for _ in range(iterations):
-        rollout, next_obs, _ = ppo.collect_rollout(envs, agent, next_obs, num_steps=16)
-        _, returns = ppo.compute_advantages(rollout, gamma, lam=1.0)
+        rollout, next_obs, _ = actor_critic.collect_rollout(envs, agent, next_obs, num_steps=16)
+        _, returns = actor_critic.compute_advantages(rollout, gamma, lam=1.0)
         for _ in range(30):
             loss = ((agent.get_value(rollout.obs.reshape(-1, 1)) - returns.reshape(-1)) ** 2).mean()
             optimizer.zero_grad(), loss.backward(), optimizer.step()
@@ -119,9 +121,9 @@ def test_truncation_bootstraps_to_one_over_one_minus_gamma():
 
 def test_rollout_next_values_use_final_obs_only_when_truncated():
     envs = make_vec_env("test/ConstantReward-v0", 2, seed=0)
-    agent = ppo.Agent(envs.single_observation_space, envs.single_action_space, hidden_sizes=[])
+    agent = actor_critic.Agent(envs.single_observation_space, envs.single_action_space, hidden_sizes=[])
     torch.nn.init.constant_(agent.critic[0].bias, 3.0)  # V(s) = 3 + w
-    rollout, _, step = ppo.collect_rollout(envs, agent, envs.reset(seed=0)[0], num_steps=10)
+    rollout, _, step = actor_critic.collect_rollout(envs, agent, envs.reset(seed=0)[0], num_steps=10)
     assert step == 20
     v = rollout.values[0, 0].item()
     assert rollout.dones[:, 0].tolist() == [0.0] * 7 + [1.0] + [0.0] * 2  # time limit after 8 steps
@@ -136,10 +138,10 @@ def test_clipping_acts_and_stop_gradient_old_policy_never_clips():
     torch.manual_seed(0)
     cfg = ppo.PPOConfig(num_envs=4, num_steps=128, minibatch_size=64, update_epochs=4, learning_rate=3e-3)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
-    agent = ppo.Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes)
+    agent = actor_critic.Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
-    rollout, _, _ = ppo.collect_rollout(envs, agent, envs.reset(seed=0)[0], cfg.num_steps)
-    advantages, returns = ppo.compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
+    rollout, _, _ = actor_critic.collect_rollout(envs, agent, envs.reset(seed=0)[0], cfg.num_steps)
+    advantages, returns = actor_critic.compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
     b_obs, b_actions, b_adv = rollout.obs.reshape(-1, 4), rollout.actions.reshape(-1), advantages.reshape(-1)
     # before any update the stored old log-probs are the current policy's: ratio exactly 1
     _, logprobs, _, _ = agent.get_action_and_value(b_obs, b_actions)
