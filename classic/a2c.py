@@ -107,7 +107,7 @@ def make_optimizer(agent: nn.Module, cfg: A2CConfig) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(
             agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.optim_eps
         )
-    return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optim_eps, fused=True)
+    return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optim_eps)
 
 
 def train(cfg: A2CConfig) -> TrainResult:

@@ -149,8 +149,7 @@ def train(cfg: PPOConfig) -> TrainResult:
         envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes, cfg.normalize_obs,
         cfg.init_log_std,
     )  # fmt: skip
-    # fused: one kernel for all parameters (about 4x faster steps for these tiny nets on CPU)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
     run = Run(cfg.run_dir, cfg, cfg.total_timesteps, f"PPO {cfg.env_id}")
     batch_size = cfg.num_envs * cfg.num_steps
