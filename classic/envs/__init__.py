@@ -16,3 +16,10 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
 _register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv", max_episode_steps=1000)
 _register("rlbook/Snake-v0", "classic.envs.snake:SnakeEnv")
 _register("rlbook/Checkers-v0", "classic.envs.checkers:CheckersEnv", max_episode_steps=200)
+_register("rlbook/Navigation-v0", "classic.envs.navigation:NavigationEnv", max_episode_steps=100)
+_register(
+    "rlbook/NavigationContinuous-v0",
+    "classic.envs.navigation:NavigationEnv",
+    max_episode_steps=100,
+    kwargs={"continuous": True},
+)

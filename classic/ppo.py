@@ -1,0 +1,194 @@
+"""Proximal Policy Optimisation (Schulman et al. 2017, Algorithm 1) for discrete and continuous actions.
+
+    python -m classic.ppo --env_id CartPole-v1 --seed 1 --total_timesteps 50000
+    python -m classic.ppo --config classic/configs/ppo_pendulum.yaml --seed 1
+    python -m classic.ppo --config classic/configs/ppo_bipedalwalker.yaml --total_timesteps 500000
+
+Algorithm 1 (collect_rollout and compute_advantages are in classic.actor_critic, shared with A2C):
+              for iteration = 1, 2, ...
+                  run the old policy pi_old in N environments for T steps        -> collect_rollout
+                  compute advantage estimates A_1..A_T (GAE, eq. 11)             -> compute_advantages
+                  optimise the surrogate L (eq. 9) for K epochs, minibatch M <= NT -> ppo_update
+With the implementation details of "The 37 Implementation Details of PPO" (Huang et al. 2022), each a flag:
+orthogonal init, Adam eps 1e-5, LR annealing, minibatch advantage normalisation, value clipping, global
+grad-norm clipping, observation/reward normalisation for continuous control. Defaults are RL-Zoo's CartPole-v1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from classic.actor_critic import (
+    Agent,
+    Rollout,
+    TrainResult,
+    collect_rollout,
+    compute_advantages,
+    first_solved_step,
+)
+from classic.cli import config_from_dict, parse_config
+from classic.common import Run, check_env_id, check_positive, load_model, make_vec_env, seed_everything
+from classic.functional import masked_whiten, ppo_policy_loss, value_loss
+from classic.running_norm import RewardScaler
+
+
+@dataclass
+class PPOConfig:
+    """PPO (clipped surrogate, GAE). Defaults: RL-Zoo's CartPole-v1 hyperparameters."""
+
+    env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium environment id"})
+    seed: int = field(default=1, metadata={"help": "seed for torch, numpy and the environments"})
+    total_timesteps: int = field(default=100_000, metadata={"help": "environment steps (all envs together)"})
+    num_envs: int = field(default=8, metadata={"help": "parallel environments N"})
+    num_steps: int = field(default=32, metadata={"help": "steps per environment per rollout T"})
+    minibatch_size: int = field(default=256, metadata={"help": "minibatch size M (N*T must be a multiple)"})
+    update_epochs: int = field(default=20, metadata={"help": "epochs K over each rollout"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    anneal_lr: bool = field(default=True, metadata={"help": "decay the learning rate linearly to 0"})
+    adam_eps: float = field(default=1e-5, metadata={"help": "Adam epsilon (1e-5 as in baselines)"})
+    gamma: float = field(default=0.98, metadata={"help": "discount factor"})
+    gae_lambda: float = field(default=0.8, metadata={"help": "GAE lambda (eq. 11)"})
+    clip_coef: float = field(default=0.2, metadata={"help": "surrogate clipping epsilon (eq. 7)"})
+    anneal_clip: bool = field(default=True, metadata={"help": "decay clip_coef linearly like the LR"})
+    clip_vloss: bool = field(default=False, metadata={"help": "clip the value update around old values"})
+    norm_adv: bool = field(default=True, metadata={"help": "whiten advantages per minibatch"})
+    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus c2 (eq. 9)"})
+    vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient c1 (eq. 9)"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
+    target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early above this KL"})
+    normalize_obs: bool = field(
+        default=False, metadata={"help": "running mean/std observation normalisation"}
+    )
+    normalize_reward: bool = field(default=False, metadata={"help": "scale rewards by std of returns"})
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden sizes"})
+    init_log_std: float = field(default=0.0, metadata={"help": "initial log std of Gaussian actions"})
+    stop_at_return: float | None = field(
+        default=None, metadata={"help": "stop when the mean of the last 20 training episodes reaches this"}
+    )
+    torch_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
+    run_dir: str = field(default="runs/ppo", metadata={"help": "where config, metrics, curve, model go"})
+
+    def __post_init__(self) -> None:
+        check_env_id(self.env_id)
+        for name in ("total_timesteps", "num_envs", "num_steps", "minibatch_size", "update_epochs"):
+            check_positive(name, getattr(self, name))
+        check_positive("learning_rate", self.learning_rate)
+        if (self.num_envs * self.num_steps) % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size {self.minibatch_size} must divide num_envs*num_steps "
+                f"= {self.num_envs * self.num_steps}"
+            )
+
+
+def ppo_update(
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: PPOConfig,
+    clip_coef: float,
+) -> dict[str, float]:
+    """K epochs of minibatch SGD on L^CLIP - c1 L^VF + c2 S (eq. 9). Returns the last epoch's statistics
+    plus `clip_fraction_per_epoch`."""
+    obs_shape = rollout.obs.shape[2:]
+    b_obs = rollout.obs.reshape(-1, *obs_shape)  # (N*T, obs_dim)
+    b_actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
+    b_logprobs, b_values = rollout.logprobs.reshape(-1), rollout.values.reshape(-1)
+    b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
+    batch_size = len(b_obs)
+    clip_fractions: list[float] = []
+    for _epoch in range(cfg.update_epochs):
+        b_inds = torch.randperm(batch_size)
+        epoch_clip, epoch_kl = [], []
+        for start in range(0, batch_size, cfg.minibatch_size):
+            mb_inds = b_inds[start : start + cfg.minibatch_size]
+            _, logprobs, entropy, values = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+            mb_advantages = b_advantages[mb_inds]
+            if cfg.norm_adv:
+                mb_advantages = masked_whiten(mb_advantages)
+            pg_loss, clip_frac, approx_kl = ppo_policy_loss(
+                logprobs, b_logprobs[mb_inds], mb_advantages, clip_coef
+            )
+            v_loss, _ = value_loss(
+                values, b_values[mb_inds], b_returns[mb_inds], clip_coef if cfg.clip_vloss else None
+            )
+            loss = (
+                pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * 2 * v_loss
+            )  # value_loss has the 0.5
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            epoch_clip.append(clip_frac.item()), epoch_kl.append(approx_kl.item())
+        clip_fractions.append(sum(epoch_clip) / len(epoch_clip))
+        if cfg.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+            break
+    return {
+        "policy_loss": pg_loss.item(),
+        "value_loss": v_loss.item(),
+        "entropy": entropy.mean().item(),
+        "approx_kl": epoch_kl[-1],
+        "clip_fraction": clip_fractions[-1],
+        "clip_fraction_per_epoch": clip_fractions,
+    }
+
+
+def train(cfg: PPOConfig) -> TrainResult:
+    seed_everything(cfg.seed, cfg.torch_threads)
+    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    agent = Agent(
+        envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes, cfg.normalize_obs,
+        cfg.init_log_std,
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
+    run = Run(cfg.run_dir, cfg, cfg.total_timesteps, f"PPO {cfg.env_id}")
+    batch_size = cfg.num_envs * cfg.num_steps
+    num_iterations = max(1, cfg.total_timesteps // batch_size)
+    next_obs, _ = envs.reset(seed=cfg.seed)
+    global_step, start = 0, time.time()
+    for iteration in range(num_iterations):
+        frac = 1.0 - iteration / num_iterations  # linear annealing to 0
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+        clip_coef = cfg.clip_coef * (frac if cfg.anneal_clip else 1.0)
+        rollout, next_obs, global_step = collect_rollout(
+            envs, agent, next_obs, cfg.num_steps, run, global_step, reward_scaler
+        )
+        if cfg.stop_at_return is not None and run.mean_recent_return() >= cfg.stop_at_return:
+            break
+        advantages, returns = compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
+        ppo_update(agent, optimizer, rollout, advantages, returns, cfg, clip_coef)
+    envs.close()
+    run.close(agent)
+    solved = first_solved_step(run.dir, cfg.stop_at_return)
+    return TrainResult(agent, run.dir, global_step, run.returns, solved, time.time() - start)
+
+
+def load(run_dir: str | Path) -> Agent:
+    """The trained agent of a run directory (observation normaliser included); use `agent.greedy(obs)`."""
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(PPOConfig, json.loads((run_dir / "config.json").read_text()))
+    env = gym.make(cfg.env_id)
+    agent = Agent(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std
+    )
+    env.close()
+    return load_model(agent, run_dir / "model.pt")
+
+
+if __name__ == "__main__":
+    result = train(parse_config(PPOConfig))
+    print(
+        f"{result.global_step} steps in {result.wall_clock:.1f}s; mean of last 20 episode returns "
+        f"{np.mean(result.episode_returns[-20:]):.1f}; run dir {result.run_dir}"
+    )
