@@ -102,6 +102,8 @@ def _trl_common(cfg: Any, output_dir: Path, steps: int, batch_size: int, lr: flo
         data_seed=cfg.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # TRL turns activation checkpointing on by default; for a tiny model it only adds a third forward pass
+        gradient_checkpointing=False,
     )
 
 
