@@ -13,3 +13,5 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
 
 # Registrations go below, one line per environment, e.g.
 # _register("rlbook/Maze-v0", "classic.envs.maze:MazeEnv")
+_register("rlbook/Catch-v0", "classic.envs.catch:CatchEnv")
+_register("rlbook/Trading-v0", "classic.envs.trading:TradingEnv")
