@@ -91,10 +91,12 @@ class QNetwork(nn.Module):
         self.scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
         if self.pixels:
             c, h, w = shape
+            # two 3x3 convolutions, the second with stride 2: (C, H, W) -> (16, ceil(H/2), ceil(W/2))
             conv = nn.Sequential(
-                nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten()
+                nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU()
             )
-            layers: list[nn.Module] = [conv, nn.Linear(32 * h * w, hidden_sizes[-1]), nn.ReLU()]
+            flat = 16 * ((h + 1) // 2) * ((w + 1) // 2)
+            layers: list[nn.Module] = [conv, nn.Flatten(), nn.Linear(flat, hidden_sizes[-1]), nn.ReLU()]
             last = hidden_sizes[-1]
         else:
             layers, last = [nn.Flatten()], int(np.prod(shape))
