@@ -4,7 +4,11 @@ with the double-DQN target of van Hasselt, Guez & Silver 2016 as an opt-in flag.
     python -m classic.dqn --env_id CartPole-v1 --seed 1 --total_timesteps 100000
     python -m classic.dqn --env_id rlbook/Catch-v0 --total_timesteps 20000 --learning_rate 1e-3 ...
 
-The defaults are RL-Zoo's CartPole-v1 hyperparameters. Vector observations get an MLP, image observations
+The defaults solve CartPole-v1. They started from RL-Zoo's (lr 2.3e-3, hard target copy every 10 steps,
+128 gradient steps every 256 env steps, epsilon 1 -> 0.04 over 16%), which on our seed 1 had not solved CartPole
+(mean of 20 training episodes >= 475) after 100k steps, with or without double DQN; what we changed: lr 1e-3,
+Polyak target (tau 0.01 every step), 1 gradient step every 2 env steps, epsilon -> 0.02 over 10%, double DQN on.
+Pass `--double_dqn false --tau 1 --target_network_frequency 1000` for the paper's Algorithm 1 as written. Vector observations get an MLP, image observations
 (C, H, W) a small CNN. Bootstraps through truncation (time limits) but not through termination: the buffer stores
 `terminated`, not `done`, and the next observation of a truncated step is the true last one (`final_obs`).
 """
@@ -42,29 +46,31 @@ class DQNConfig:
     env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium id (discrete actions)"})
     seed: int = field(default=1, metadata={"help": "seed of python, numpy, torch and the environment"})
     total_timesteps: int = field(default=100_000, metadata={"help": "environment steps to train for"})
-    learning_rate: float = field(default=2.3e-3, metadata={"help": "Adam learning rate"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     buffer_size: int = field(default=100_000, metadata={"help": "replay memory capacity N (transitions)"})
     gamma: float = field(default=0.99, metadata={"help": "discount factor"})
-    tau: float = field(default=1.0, metadata={"help": "target update: 1.0 hard copy (Mnih 2015), <1 Polyak"})
-    target_network_frequency: int = field(default=10, metadata={"help": "env steps between target updates C"})
+    tau: float = field(default=0.01, metadata={"help": "target update: 1.0 hard copy (Mnih 2015), <1 Polyak"})
+    target_network_frequency: int = field(default=1, metadata={"help": "env steps between target updates C"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size sampled from the replay memory"})
     start_e: float = field(default=1.0, metadata={"help": "initial exploration epsilon"})
-    end_e: float = field(default=0.04, metadata={"help": "final exploration epsilon"})
+    end_e: float = field(default=0.02, metadata={"help": "final exploration epsilon"})
     exploration_fraction: float = field(
-        default=0.16, metadata={"help": "fraction of total_timesteps over which epsilon decays linearly"}
+        default=0.1, metadata={"help": "fraction of total_timesteps over which epsilon decays linearly"}
     )
     learning_starts: int = field(default=1000, metadata={"help": "env steps before learning starts"})
-    train_frequency: int = field(default=256, metadata={"help": "env steps between training phases"})
-    gradient_steps: int = field(default=128, metadata={"help": "gradient steps per training phase"})
+    train_frequency: int = field(default=2, metadata={"help": "env steps between training phases"})
+    gradient_steps: int = field(default=1, metadata={"help": "gradient steps per training phase"})
     hidden_sizes: list[int] = field(
         default_factory=lambda: [256, 256], metadata={"help": "MLP hidden layers (CNN: its last layer)"}
     )
-    double_dqn: bool = field(default=False, metadata={"help": "double-DQN target (van Hasselt et al. 2016)"})
+    double_dqn: bool = field(default=True, metadata={"help": "double-DQN target (van Hasselt et al. 2016)"})
     max_grad_norm: float = field(default=10.0, metadata={"help": "global gradient-norm clip (SB3 default)"})
     stop_at_return: float | None = field(
         default=None, metadata={"help": "stop early once the mean of the last 20 episode returns reaches it"}
     )
-    run_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/dqn_<env>_<seed>)"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "run directory (default runs/dqn_<env>_<seed>)"}
+    )
     torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
 
     def __post_init__(self) -> None:
@@ -93,7 +99,10 @@ class QNetwork(nn.Module):
             c, h, w = shape
             # two 3x3 convolutions, the second with stride 2: (C, H, W) -> (16, ceil(H/2), ceil(W/2))
             conv = nn.Sequential(
-                nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU()
+                nn.Conv2d(c, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
             )
             flat = 16 * ((h + 1) // 2) * ((w + 1) // 2)
             layers: list[nn.Module] = [conv, nn.Flatten(), nn.Linear(flat, hidden_sizes[-1]), nn.ReLU()]
@@ -126,7 +135,9 @@ class ReplayBuffer:
         self.capacity, self.pos, self.size = capacity, 0, 0
         self.rng = np.random.default_rng(seed)
 
-    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
+    def add(
+        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool
+    ) -> None:
         i = self.pos
         self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
         self.next_obs[i], self.terminated[i] = next_obs, terminated
@@ -252,9 +263,9 @@ def train(cfg: DQNConfig) -> TrainResult:
         if global_step % cfg.target_network_frequency == 0:
             update_target(target_network, q_network, cfg.tau)
 
-        if cfg.stop_at_return is not None and len(run.returns) >= 20:
-            if run.mean_recent_return(20) >= cfg.stop_at_return:
-                break
+        stop = cfg.stop_at_return
+        if stop is not None and len(run.returns) >= 20 and run.mean_recent_return(20) >= stop:
+            break  # solved: the mean of the last 20 training episodes reached stop_at_return
 
     envs.close()
     run.close(q_network)

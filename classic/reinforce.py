@@ -44,18 +44,28 @@ class ReinforceConfig:
     env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium id (discrete actions)"})
     seed: int = field(default=1, metadata={"help": "seed of python, numpy, torch and the environment"})
     total_timesteps: int = field(default=300_000, metadata={"help": "environment steps to train for"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of the policy (alpha_theta)"})
-    value_learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of the baseline (alpha_w)"})
+    learning_rate: float = field(
+        default=3e-3, metadata={"help": "Adam learning rate of the policy (alpha_theta)"}
+    )
+    value_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Adam learning rate of the baseline (alpha_w)"}
+    )
     gamma: float = field(default=0.99, metadata={"help": "discount factor"})
     episodes_per_batch: int = field(default=4, metadata={"help": "whole episodes per gradient step"})
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "tanh MLP hidden layers"})
-    baseline: bool = field(default=True, metadata={"help": "subtract the learned v(s, w) (False: plain REINFORCE)"})
+    hidden_sizes: list[int] = field(
+        default_factory=lambda: [64, 64], metadata={"help": "tanh MLP hidden layers"}
+    )
+    baseline: bool = field(
+        default=True, metadata={"help": "subtract the learned v(s, w) (False: plain REINFORCE)"}
+    )
     whiten_returns: bool = field(default=True, metadata={"help": "standardise the returns G over each batch"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
     stop_at_return: float | None = field(
         default=None, metadata={"help": "stop early once the mean of the last 20 episode returns reaches it"}
     )
-    run_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/reinforce_<env>_<seed>)"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "run directory (default runs/reinforce_<env>_<seed>)"}
+    )
     torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
 
     def __post_init__(self) -> None:
@@ -176,9 +186,9 @@ def train(cfg: ReinforceConfig) -> TrainResult:
         nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
         optimizer.step()
 
-        if cfg.stop_at_return is not None and len(run.returns) >= 20:
-            if run.mean_recent_return(20) >= cfg.stop_at_return:
-                break
+        stop = cfg.stop_at_return
+        if stop is not None and len(run.returns) >= 20 and run.mean_recent_return(20) >= stop:
+            break  # solved: the mean of the last 20 training episodes reached stop_at_return
 
     envs.close()
     run.close(agent)

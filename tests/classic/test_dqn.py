@@ -21,7 +21,9 @@ def test_td_targets_dqn_and_double_dqn_by_hand():
     next_q_target = torch.tensor([[2.0, 3.0], [4.0, -1.0]])
     next_q_online = torch.tensor([[5.0, 0.0], [0.0, 1.0]])
     # DQN: y = r + gamma * max_a Q_hat(s', a); the terminated row keeps only r
-    assert td_targets(rewards, terminated, next_q_target, 0.9).tolist() == pytest.approx([1.0 + 0.9 * 3.0, 0.5])
+    assert td_targets(rewards, terminated, next_q_target, 0.9).tolist() == pytest.approx(
+        [1.0 + 0.9 * 3.0, 0.5]
+    )
     # double DQN: the online net picks a* = 0 in row 0, the target net evaluates it: 1 + 0.9 * 2
     double = td_targets(rewards, terminated, next_q_target, 0.9, next_q_online)
     assert double.tolist() == pytest.approx([1.0 + 0.9 * 2.0, 0.5])
@@ -141,3 +143,37 @@ CATCH = dict(
     end_e=0.05,
     hidden_sizes=[64],
 )
+
+
+def test_catch_from_pixels_short(tmp_path):
+    """Default-suite version: 2,500 steps already catch far more often than random (0.11 on these seeds)."""
+    result = train(DQNConfig(seed=1, total_timesteps=2500, run_dir=str(tmp_path), **CATCH))
+    assert result.agent.net[0][0].__class__.__name__ == "Conv2d"  # (1, 10, 10) images get the CNN
+    assert catch_rate(result.agent.act) >= 0.3
+
+
+@pytest.mark.slow
+def test_catch_from_pixels(tmp_path):
+    result = train(DQNConfig(seed=1, total_timesteps=4000, run_dir=str(tmp_path), **CATCH))
+    assert catch_rate(result.agent.act) >= 0.9  # measured 0.93; random 0.11
+
+
+def test_cartpole_short(tmp_path):
+    """Default-suite learning test: mean of the last 20 training episodes >= 100 within 12k steps."""
+    result = train(DQNConfig(seed=1, total_timesteps=12_000, stop_at_return=100, run_dir=str(tmp_path)))
+    assert np.mean(result.episode_returns[-20:]) >= 100
+
+
+def steps_to_solve(returns: list[float], steps: list[int], threshold: float = 475.0) -> int | None:
+    """First global step at which the mean of the last 20 training episodes reaches `threshold`."""
+    for i in range(19, len(returns)):
+        if np.mean(returns[i - 19 : i + 1]) >= threshold:
+            return steps[i]
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_cartpole_solved_within_100k(seed, tmp_path):
+    result = train(DQNConfig(seed=seed, total_timesteps=100_000, stop_at_return=475, run_dir=str(tmp_path)))
+    assert steps_to_solve(result.episode_returns, result.episode_steps) is not None
