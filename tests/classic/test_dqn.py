@@ -82,15 +82,17 @@ def test_bootstraps_through_truncation(tmp_path):
     gym.register("rlbook-test/ConstantReward-v0", entry_point=_ConstantRewardEnv, max_episode_steps=8)
     cfg = DQNConfig(
         env_id="rlbook-test/ConstantReward-v0",
-        total_timesteps=3000,
-        learning_starts=64,
+        total_timesteps=800,
+        learning_starts=32,
         train_frequency=1,
-        gradient_steps=1,
-        target_network_frequency=4,
-        learning_rate=1e-2,
+        gradient_steps=2,
+        target_network_frequency=2,
+        tau=1.0,
+        learning_rate=0.3,
         gamma=0.98,
-        hidden_sizes=[16],
+        hidden_sizes=[],  # Q(s) is one linear layer: with the constant observation, just its bias
         buffer_size=1000,
+        batch_size=32,
         run_dir=str(tmp_path),
     )
     result = train(cfg)
