@@ -101,7 +101,7 @@ def test_bootstraps_through_truncation(tmp_path):
 
 
 def test_reproducible_and_load_round_trip(tmp_path):
-    kwargs = dict(total_timesteps=1500, learning_starts=200, train_frequency=50, gradient_steps=10)
+    kwargs = dict(total_timesteps=1000, learning_starts=200, train_frequency=50, gradient_steps=5)
     a = train(DQNConfig(seed=3, run_dir=str(tmp_path / "a"), **kwargs))
     b = train(DQNConfig(seed=3, run_dir=str(tmp_path / "b"), **kwargs))
     assert a.episode_returns == b.episode_returns and len(a.episode_returns) > 10
@@ -140,6 +140,8 @@ CATCH = dict(
     train_frequency=2,
     gradient_steps=1,
     target_network_frequency=100,
+    tau=1.0,
+    double_dqn=False,
     batch_size=32,
     exploration_fraction=0.3,
     end_e=0.05,
@@ -147,17 +149,12 @@ CATCH = dict(
 )
 
 
-def test_catch_from_pixels_short(tmp_path):
-    """Default-suite version: 2,500 steps already catch far more often than random (0.11 on these seeds)."""
-    result = train(DQNConfig(seed=1, total_timesteps=2500, run_dir=str(tmp_path), **CATCH))
-    assert result.agent.net[0][0].__class__.__name__ == "Conv2d"  # (1, 10, 10) images get the CNN
-    assert catch_rate(result.agent.act) >= 0.3
-
-
-@pytest.mark.slow
 def test_catch_from_pixels(tmp_path):
+    """4,000 steps (~440 episodes) of DQN with the CNN: the greedy policy catches >= 80% of the balls on
+    held-out seeds (measured 0.93), random play catches 11%."""
     result = train(DQNConfig(seed=1, total_timesteps=4000, run_dir=str(tmp_path), **CATCH))
-    assert catch_rate(result.agent.act) >= 0.9  # measured 0.93; random 0.11
+    assert isinstance(result.agent.net[0][0], torch.nn.Conv2d)  # (1, 10, 10) images get the CNN
+    assert catch_rate(result.agent.act) >= 0.8
 
 
 def test_cartpole_short(tmp_path):
