@@ -23,3 +23,5 @@ _register(
     max_episode_steps=100,
     kwargs={"continuous": True},
 )
+_register("rlbook/Catch-v0", "classic.envs.catch:CatchEnv")
+_register("rlbook/Trading-v0", "classic.envs.trading:TradingEnv")
