@@ -38,7 +38,7 @@ class DemoConfig:
     )
     seed: int = field(default=0, metadata={"help": "seeds the corpus, every model and every sampler"})
     num_threads: int = field(
-        default=2, metadata={"help": "torch CPU threads (use 1 when other jobs share the cores)"}
+        default=1, metadata={"help": "torch CPU threads; a model this small gains nothing from more"}
     )
 
     # --- model sources (empty = build/train here) --------------------------------------------------------
