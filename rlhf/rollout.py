@@ -268,9 +268,13 @@ def forward_logprobs(
         logits = logits / temperature
     logprobs = logprobs_from_logits(logits, response_ids)
     entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = entropy_from_logits(logits)
+    if with_entropy and entropy_grad and torch.is_grad_enabled():
+        entropy = entropy_from_logits(logits)
+    elif with_entropy:
+        with torch.no_grad():
+            # a few rows at a time: the softmax temporaries of the whole (batch, response_len, vocab) tensor would
+            # otherwise sit on top of the activations the backward pass still needs (peak memory)
+            entropy = torch.cat([entropy_from_logits(rows) for rows in logits.split(8)])
     return logprobs, entropy
 
 

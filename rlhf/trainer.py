@@ -428,13 +428,16 @@ class PPOTrainer:
             kl_loss = F.masked_mean(kl_penalty(logprobs, micro.ref_logprobs, args.kl_estimator), mask)
             loss = loss + self.kl_ctl.value * kl_loss
             stats["kl_loss"] = kl_loss.item()
+        # policy and critic are separate networks, so backward(policy_loss) + backward(vf_coef * value_loss) gives
+        # the gradients of their sum; doing it in two passes frees the policy's graph before the critic's is built
+        # (peak memory is the larger graph, not both)
+        self.accelerator.backward(loss)
         if self.critic is not None:
             values = forward_values(self.critic, *inputs)
             v_loss, v_clip = F.value_loss(values, micro.old_values, micro.returns, args.value_clip_eps, mask)
-            loss = loss + args.vf_coef * v_loss
+            self.accelerator.backward(args.vf_coef * v_loss)
             stats["value_loss"] = v_loss.item()
             stats["value_clip_fraction"] = v_clip.item()
-        self.accelerator.backward(loss)
         return stats
 
     def _optimizer_step(self) -> None:
