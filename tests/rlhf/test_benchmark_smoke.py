@@ -11,7 +11,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_quick_prints_the_ratio_table():
-    command = [sys.executable, str(REPO / "benchmarks" / "rlhf_step.py"), "--quick", "--steps", "1", "--warmup", "0"]
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "rlhf_step.py"),
+        "--quick",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]
     command += ["--trainers", "grpo,trl_grpo"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
