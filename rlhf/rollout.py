@@ -266,7 +266,10 @@ def forward_logprobs(
     logits = logits[:, -response_len - 1 : -1].float()  # (batch, response_len, vocab)
     if temperature != 1.0:
         logits = logits / temperature
-    logprobs = logprobs_from_logits(logits, response_ids)
+    # a few rows at a time, like the entropy below: logsumexp's (rows, response_len, vocab) temporaries stay small
+    logprobs = torch.cat(
+        [logprobs_from_logits(x, ids) for x, ids in zip(logits.split(8), response_ids.split(8))]
+    )
     entropy = None
     if with_entropy and entropy_grad and torch.is_grad_enabled():
         entropy = entropy_from_logits(logits)
