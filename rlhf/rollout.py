@@ -7,6 +7,7 @@ including its first EOS; everything after is padding (`response_mask` 0).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 
 import torch
@@ -70,6 +71,118 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+# generation_config fields that add a logits processor to `model.generate`, with their neutral values. The lean
+# sampler implements plain temperature sampling only, so a model whose config sets any of these falls back.
+_NEUTRAL_GENERATION_FIELDS = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "typical_p": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "min_p": (None, 0.0),
+    "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+    "top_h": (None,),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "watermarking_config": (None,),
+    "renormalize_logits": (None, False),
+}
+
+
+def lean_sampling_supported(
+    model: torch.nn.Module, top_k: int, top_p: float, synced_gpus: bool = False
+) -> bool:
+    """True when `sample` reproduces `model.generate(do_sample=True, ...)`: no top-k / top-p filtering, no other
+    logits processor in the model's generation config, a KV cache, one process per forward (no FSDP/ZeRO-3)."""
+    if top_k or top_p < 1.0 or synced_gpus:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    if base.config.is_encoder_decoder or not getattr(base, "_supports_cache_class", True):
+        return False
+    config = getattr(base, "generation_config", None)
+    return config is None or all(
+        getattr(config, name, None) in neutral for name, neutral in _NEUTRAL_GENERATION_FIELDS.items()
+    )
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temperature sampling with a KV cache, step for step what `model.generate(do_sample=True)` does (same
+    float32 softmax, same `torch.multinomial` draws, PAD fed to finished rows, attention mask extended with ones)
+    but without its per-step machinery, and returning the log-prob of each sampled token at `temperature`, so
+    the rollout needs no separate forward pass for the behaviour policy's log-probs.
+
+    Returns (response_ids, logprobs), both (batch, response_len); response_len <= max_new_tokens (the loop stops
+    when every row has emitted EOS, as `generate` does). Entries after a row's EOS are PAD and log-prob 0.
+    """
+    from transformers import DynamicCache
+
+    batch, prompt_len = query_ids.shape
+    device = query_ids.device
+    eos_ids = torch.as_tensor(
+        eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=device
+    )
+    # the whole attention mask up front; step t reads a prefix view instead of concatenating a new tensor
+    attention_mask = torch.ones(batch, prompt_len + max_new_tokens, dtype=query_mask.dtype, device=device)
+    attention_mask[:, :prompt_len] = query_mask
+    position_ids = position_ids_from_mask(query_mask)  # (batch, prompt_len)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns until 5.40)
+    cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache = {cache_kwarg: DynamicCache(config=base.config)}
+    response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(batch, max_new_tokens, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    # prefill: only the last position's logits are needed (a full (batch, prompt_len, vocab) tensor is not)
+    logits = model(
+        input_ids=query_ids,
+        attention_mask=query_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+        **cache,
+    ).logits[:, -1]
+    position_ids = position_ids[:, -1:]
+    length = max_new_tokens
+    for t in range(max_new_tokens):
+        scores = logits.float()
+        if temperature != 1.0:
+            scores = scores / temperature
+        # softmax + multinomial exactly as `generate` draws, so a seeded run samples the same tokens
+        next_ids = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)  # (batch,)
+        next_ids = torch.where(unfinished, next_ids, pad_token_id)
+        response_ids[:, t] = next_ids
+        logprobs[:, t] = logprobs_from_logits(scores, next_ids) * unfinished
+        unfinished &= ~torch.isin(next_ids, eos_ids)
+        if t == max_new_tokens - 1 or not unfinished.any():
+            length = t + 1
+            break
+        position_ids = position_ids + 1
+        logits = model(
+            input_ids=next_ids[:, None],
+            attention_mask=attention_mask[:, : prompt_len + t + 1],
+            position_ids=position_ids,
+            use_cache=True,
+            **cache,
+        ).logits[:, -1]
+    return response_ids[:, :length], logprobs[:, :length]
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -83,27 +196,45 @@ def generate(
     pad_token_id: int,
     synced_gpus: bool = False,
 ) -> Rollout:
-    """Sample completions for left-padded queries. Returns a Rollout with response ids and mask."""
-    out = model.generate(
-        input_ids=query_ids,
-        attention_mask=query_mask,
-        do_sample=True,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        synced_gpus=synced_gpus,
-    )
-    response_ids = out[:, query_ids.shape[1] :]  # (batch, response_len)
+    """Sample completions for left-padded queries. Returns a Rollout with response ids and mask, and, when the
+    lean sampler was used, `old_logprobs` (the sampled tokens' log-probs at `temperature`); `model.generate`
+    is used when top-k / top-p filtering or other logits processors are asked for."""
+    old_logprobs = None
+    if lean_sampling_supported(model, top_k, top_p, synced_gpus):
+        response_ids, old_logprobs = sample(
+            model, query_ids, query_mask, max_new_tokens, temperature, eos_token_id, pad_token_id
+        )
+    else:
+        out = model.generate(
+            input_ids=query_ids,
+            attention_mask=query_mask,
+            do_sample=True,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            synced_gpus=synced_gpus,
+        )
+        response_ids = out[:, query_ids.shape[1] :]  # (batch, response_len)
     response_mask = response_mask_from_ids(response_ids, eos_token_id)
     response_ids = torch.where(
         response_mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id)
     )
     return Rollout(
-        query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=response_mask
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        old_logprobs=old_logprobs,
     )
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    inner = getattr(model, "module", model)  # DDP
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def forward_logprobs(
@@ -114,22 +245,39 @@ def forward_logprobs(
     response_mask: torch.Tensor,
     temperature: float,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens under `model` at the sampling temperature (N+ detail), and optionally
-    the per-token entropy. Returns (batch, response_len) tensors."""
+    the per-token entropy (`entropy_grad=False`: for logging only, no autograd graph through the
+    (batch, response_len, vocab) softmax). Returns (batch, response_len) tensors."""
     input_ids = torch.cat([query_ids, response_ids], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    response_len = response_ids.shape[1]
+    # the logit at position t predicts token t + 1: only the last response_len + 1 positions are needed, so the
+    # LM head skips the prompt (when the model supports `logits_to_keep`)
+    extra = {"logits_to_keep": response_len + 1} if _accepts_logits_to_keep(model) else {}
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
+        **extra,
     ).logits
-    prompt_len = query_ids.shape[1]
-    # the logit at position t predicts token t + 1
-    logits = logits[:, prompt_len - 1 : -1].float() / temperature  # (batch, response_len, vocab)
-    logprobs = logprobs_from_logits(logits, response_ids)
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    logits = logits[:, -response_len - 1 : -1].float()  # (batch, response_len, vocab)
+    if temperature != 1.0:
+        logits = logits / temperature
+    # a few rows at a time, like the entropy below: logsumexp's (rows, response_len, vocab) temporaries stay small
+    logprobs = torch.cat(
+        [logprobs_from_logits(x, ids) for x, ids in zip(logits.split(8), response_ids.split(8))]
+    )
+    entropy = None
+    if with_entropy and entropy_grad and torch.is_grad_enabled():
+        entropy = entropy_from_logits(logits)
+    elif with_entropy:
+        with torch.no_grad():
+            # a few rows at a time: the softmax temporaries of the whole (batch, response_len, vocab) tensor would
+            # otherwise sit on top of the activations the backward pass still needs (peak memory)
+            entropy = torch.cat([entropy_from_logits(rows) for rows in logits.split(8)])
     return logprobs, entropy
 
 

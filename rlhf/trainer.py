@@ -318,8 +318,14 @@ class PPOTrainer:
             scores = torch.where(eos, scores, torch.full_like(scores, args.missing_eos_penalty))
         batch.scores = scores
 
+        # the lean sampler returns the sampled tokens' log-probs (same weights, same temperature), which saves a
+        # forward pass; under bf16 autocast the incremental and full-sequence passes round differently, so there
+        # the behaviour log-probs are recomputed by the same full-sequence pass the update uses
+        sampled_logprobs = None if args.bf16 else batch.old_logprobs
         old_logprobs, ref_logprobs, old_values = [], [], []
-        need_old = self._updates_per_rollout > 1 or (self.needs_reference and not args.kl_in_loss)
+        need_old = sampled_logprobs is None and (
+            self._updates_per_rollout > 1 or (self.needs_reference and not args.kl_in_loss)
+        )
         for mb in self._micro_batches(len(batch)):
             micro = batch.select(mb)
             inputs = (micro.query_ids, micro.query_mask, micro.response_ids, micro.response_mask)
@@ -335,7 +341,7 @@ class PPOTrainer:
                 if self.critic is not None:
                     old_values.append(forward_values(self.critic, *inputs))
         mask = batch.response_mask
-        batch.old_logprobs = torch.cat(old_logprobs) if old_logprobs else None
+        batch.old_logprobs = torch.cat(old_logprobs) if old_logprobs else sampled_logprobs
         batch.ref_logprobs = torch.cat(ref_logprobs) if ref_logprobs else None
         batch.old_values = torch.cat(old_values) if old_values else None
 
@@ -416,14 +422,17 @@ class PPOTrainer:
         args = self.args
         mask = micro.response_mask
         inputs = (micro.query_ids, micro.query_mask, micro.response_ids, micro.response_mask)
-        logprobs, entropy = forward_logprobs(self.policy, *inputs, args.temperature, with_entropy=True)
+        # the entropy is only logged unless it is in the loss: then no graph through the full-vocab softmax
+        logprobs, entropy = forward_logprobs(
+            self.policy, *inputs, args.temperature, with_entropy=True, entropy_grad=args.entropy_coef != 0
+        )
         # one update per rollout: the current policy *is* the behaviour policy, its log-probs need no extra pass
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         policy_loss, clip_fraction, approx_kl = F.ppo_policy_loss(
             logprobs, old_logprobs, micro.advantages, args.clip_eps, mask
         )
         entropy_mean = F.masked_mean(entropy, mask)
-        loss = policy_loss - args.entropy_coef * entropy_mean
+        loss = policy_loss - args.entropy_coef * entropy_mean if args.entropy_coef else policy_loss
         stats = {
             "policy_loss": policy_loss.item(),
             "clip_fraction": clip_fraction.item(),
@@ -434,13 +443,16 @@ class PPOTrainer:
             kl_loss = F.masked_mean(kl_penalty(logprobs, micro.ref_logprobs, args.kl_estimator), mask)
             loss = loss + self.kl_ctl.value * kl_loss
             stats["kl_loss"] = kl_loss.item()
+        # policy and critic are separate networks, so backward(policy_loss) + backward(vf_coef * value_loss) gives
+        # the gradients of their sum; doing it in two passes frees the policy's graph before the critic's is built
+        # (peak memory is the larger graph, not both)
+        self.accelerator.backward(loss)
         if self.critic is not None:
             values = forward_values(self.critic, *inputs)
             v_loss, v_clip = F.value_loss(values, micro.old_values, micro.returns, args.value_clip_eps, mask)
-            loss = loss + args.vf_coef * v_loss
+            self.accelerator.backward(args.vf_coef * v_loss)
             stats["value_loss"] = v_loss.item()
             stats["value_clip_fraction"] = v_clip.item()
-        self.accelerator.backward(loss)
         return stats
 
     def _optimizer_step(self) -> None:

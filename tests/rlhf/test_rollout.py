@@ -1,0 +1,84 @@
+"""The lean sampler against `model.generate`: same tokens for the same seed, log-probs equal to a full forward
+pass, and a fallback to `generate` whenever filtering or other logits processors are asked for."""
+
+import pytest
+import torch
+
+from rlhf.rollout import forward_logprobs, generate, lean_sampling_supported, response_mask_from_ids, sample
+
+PROMPTS = ["the movie", "a dog ran in the", "good", "it was fine I"]
+
+
+def left_padded(tokenizer):
+    enc = tokenizer(PROMPTS * 2, return_tensors="pt", padding=True)
+    assert (enc.attention_mask == 0).any()  # prompts of different lengths: left padding is exercised
+    return enc.input_ids, enc.attention_mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_draws_the_same_tokens_as_generate(tokenizer, sft_policy, temperature):
+    query_ids, query_mask = left_padded(tokenizer)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    torch.manual_seed(3)
+    expected = sft_policy.generate(
+        input_ids=query_ids,
+        attention_mask=query_mask,
+        do_sample=True,
+        max_new_tokens=16,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )[:, query_ids.shape[1] :]
+    torch.manual_seed(3)
+    response_ids, logprobs = sample(sft_policy, query_ids, query_mask, 16, temperature, eos, pad)
+    assert torch.equal(response_ids, expected)
+    mask = response_mask_from_ids(response_ids, eos)
+    assert 0 < mask.sum() < mask.numel()  # some completions ended with EOS (PAD after it), some did not
+    with torch.no_grad():
+        full, _ = forward_logprobs(sft_policy, query_ids, query_mask, response_ids, mask, temperature)
+    assert torch.allclose(logprobs, full * mask, atol=1e-4)
+    assert (logprobs[mask == 0] == 0).all()
+
+
+def test_sample_stops_when_every_row_has_ended(tokenizer, policy):
+    query_ids, query_mask = left_padded(tokenizer)
+    eos = tokenizer.eos_token_id
+    with torch.no_grad():
+        # a constant final hidden state and an LM head (tied to the embeddings) that only scores EOS: p(EOS) = 1
+        policy.transformer.ln_f.weight.zero_()
+        policy.transformer.ln_f.bias.fill_(1.0)
+        policy.lm_head.weight.zero_()
+        policy.lm_head.weight[eos] = 1.0
+    response_ids, logprobs = sample(policy, query_ids, query_mask, 8, 1.0, eos, tokenizer.pad_token_id)
+    assert response_ids.shape == (len(query_ids), 1) and (response_ids == eos).all()
+    assert torch.allclose(logprobs, torch.zeros_like(logprobs), atol=1e-4)
+
+
+def test_generate_falls_back_to_model_generate_for_filtering_and_processors(tokenizer, policy):
+    query_ids, query_mask = left_padded(tokenizer)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert lean_sampling_supported(policy, top_k=0, top_p=1.0)
+    lean = generate(policy, query_ids, query_mask, 6, 1.0, 0, 1.0, eos, pad)
+    assert lean.old_logprobs is not None and lean.old_logprobs.shape == lean.response_ids.shape
+    assert not lean_sampling_supported(policy, top_k=5, top_p=1.0)
+    assert not lean_sampling_supported(policy, top_k=0, top_p=0.9)
+    assert generate(policy, query_ids, query_mask, 6, 1.0, 5, 1.0, eos, pad).old_logprobs is None
+    policy.generation_config.repetition_penalty = 1.3  # a logits processor the lean sampler does not apply
+    assert not lean_sampling_supported(policy, top_k=0, top_p=1.0)
+    policy.generation_config.repetition_penalty = 1.0  # neutral
+    assert lean_sampling_supported(policy, top_k=0, top_p=1.0)
+
+
+def test_entropy_for_logging_has_no_graph_and_the_same_value(tokenizer, policy):
+    query_ids, query_mask = left_padded(tokenizer)
+    response_ids, _ = sample(
+        policy, query_ids, query_mask, 5, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    inputs = (policy, query_ids, query_mask, response_ids, mask, 1.0)
+    logprobs, with_grad = forward_logprobs(*inputs, with_entropy=True)
+    _, for_logging = forward_logprobs(*inputs, with_entropy=True, entropy_grad=False)
+    assert logprobs.requires_grad and with_grad.requires_grad and not for_logging.requires_grad
+    assert torch.allclose(with_grad, for_logging)
