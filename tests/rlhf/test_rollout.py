@@ -1,10 +1,17 @@
-"""The lean sampler against `model.generate`: same tokens for the same seed, log-probs equal to a full forward
-pass, and a fallback to `generate` whenever filtering or other logits processors are asked for."""
+"""The lean sampler: draws that follow the softmax, log-probs equal to a full forward pass, and a fallback to
+`generate` whenever filtering or other logits processors are asked for."""
 
 import pytest
 import torch
 
-from rlhf.rollout import forward_logprobs, generate, lean_sampling_supported, response_mask_from_ids, sample
+from rlhf.rollout import (
+    draw_tokens,
+    forward_logprobs,
+    generate,
+    lean_sampling_supported,
+    response_mask_from_ids,
+    sample,
+)
 
 PROMPTS = ["the movie", "a dog ran in the", "good", "it was fine I"]
 
@@ -16,30 +23,44 @@ def left_padded(tokenizer):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sample_draws_the_same_tokens_as_generate(tokenizer, sft_policy, temperature):
+def test_sample_logprobs_equal_a_full_forward_and_seeded_runs_repeat(tokenizer, sft_policy, temperature):
     query_ids, query_mask = left_padded(tokenizer)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     torch.manual_seed(3)
-    expected = sft_policy.generate(
-        input_ids=query_ids,
-        attention_mask=query_mask,
-        do_sample=True,
-        max_new_tokens=16,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )[:, query_ids.shape[1] :]
-    torch.manual_seed(3)
     response_ids, logprobs = sample(sft_policy, query_ids, query_mask, 16, temperature, eos, pad)
-    assert torch.equal(response_ids, expected)
+    torch.manual_seed(3)
+    again, _ = sample(sft_policy, query_ids, query_mask, 16, temperature, eos, pad)
+    assert torch.equal(response_ids, again)
     mask = response_mask_from_ids(response_ids, eos)
     assert 0 < mask.sum() < mask.numel()  # some completions ended with EOS (PAD after it), some did not
+    assert (response_ids[mask == 0] == pad).all()
+    # the preallocated KV cache gives the same log-probs as one forward pass over the whole sequence
     with torch.no_grad():
         full, _ = forward_logprobs(sft_policy, query_ids, query_mask, response_ids, mask, temperature)
     assert torch.allclose(logprobs, full * mask, atol=1e-4)
     assert (logprobs[mask == 0] == 0).all()
+
+
+def test_draw_tokens_follows_the_distribution_and_never_draws_a_zero_probability_token():
+    torch.manual_seed(0)
+    rows = torch.tensor(
+        [
+            [0.5, 0.0, 0.3, 0.2, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.0],  # all mass on the last token: u < row total, so no index past the end
+            [1.0, 0.0, 0.0, 0.0, 0.0],  # all mass on the first: u = 0 still picks index 0, never the zeros
+            [0.1, 0.1, 0.1, 0.1, 0.6],
+        ]
+    )
+    n = 100_000
+    draws = draw_tokens(rows.repeat_interleave(n, dim=0)).view(len(rows), n)
+    counts = torch.stack([torch.bincount(d, minlength=5) for d in draws]).float() / n
+    # binomial standard deviation at p = 0.5 and n = 1e5 is 0.0016: 0.006 is about 4 sigma
+    assert torch.allclose(counts, rows, atol=0.006)
+    assert (counts[rows == 0] == 0).all()
+    # unnormalised rows (float32 softmax sums are 1 only to rounding) are scaled by their own total
+    torch.manual_seed(0)
+    scaled = draw_tokens((rows * 3.0).repeat_interleave(n, dim=0)).view(len(rows), n)
+    assert torch.equal(scaled, draws)
 
 
 def test_sample_stops_when_every_row_has_ended(tokenizer, policy):
