@@ -7,7 +7,9 @@
 Workload (the same for every trainer): a GPT-2 policy (6 layers, 320 wide, 8k byte-level BPE trained on
 generated text, ~10M parameters), a reward model of the same shape, 16 prompts x 4 completions = 64 completions of
 64 new tokens per step, KL to a frozen reference with beta 0.05, one optimizer step per batch (one PPO epoch,
-minibatch = microbatch = the whole batch), fp32, 2 threads, temperature 1, no top-k / top-p. The models are
+minibatch = microbatch = the whole batch), fp32, 2 threads, temperature 1, no top-k / top-p, activation
+checkpointing off in every trainer (TRL's configs turn it on by default: `--gradient-checkpointing each-default`
+keeps that, `on` turns it on everywhere). The models are
 randomly initialised, so EOS (1 token in 8k) is almost never sampled and completions run the full 64 tokens in
 every trainer (the mean completion length is printed to show it); both decoding loops run until every row ends.
 
@@ -130,7 +132,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_ours(name: str, directory: Path, size: dict, out: Path) -> None:
+def run_ours(name: str, directory: Path, size: dict, out: Path, checkpointing: str) -> None:
     from rlhf import PPOConfig, PPOTrainer
 
     tokenizer, policy, reward_model, dataset = load_workload(directory)
@@ -152,6 +154,7 @@ def run_ours(name: str, directory: Path, size: dict, out: Path) -> None:
         kl_in_loss=name == "grpo",
         kl_estimator="k3" if name == "grpo" else "k1",
         disable_tqdm=True,
+        gradient_checkpointing=checkpointing == "on",
     )
     trainer = PPOTrainer(policy, reward_model, args, dataset, tokenizer, reward_processing_classes=tokenizer)
     emit({"ready": True})
@@ -178,7 +181,7 @@ def run_ours(name: str, directory: Path, size: dict, out: Path) -> None:
     emit({"peak_rss_mb": peak_rss_mb()})
 
 
-def run_trl(name: str, directory: Path, size: dict, out: Path, steps: int) -> None:
+def run_trl(name: str, directory: Path, size: dict, out: Path, steps: int, checkpointing: str) -> None:
     from transformers import TrainerCallback
     from trl.extras import profiling
 
@@ -241,6 +244,7 @@ def run_trl(name: str, directory: Path, size: dict, out: Path, steps: int) -> No
         logging_steps=1,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        gradient_checkpointing=checkpointing != "off",  # TRL's own default is on
     )
     trainer = Trainer(
         model=policy,
@@ -263,9 +267,9 @@ def worker(args: argparse.Namespace) -> None:
     directory = Path(args.workdir)
     out = directory / f"run-{args.worker}"
     if args.worker in OURS:
-        run_ours(args.worker, directory, size, out)
+        run_ours(args.worker, directory, size, out, args.gradient_checkpointing)
     else:
-        run_trl(args.worker, directory, size, out, args.warmup + args.steps)
+        run_trl(args.worker, directory, size, out, args.warmup + args.steps, args.gradient_checkpointing)
 
 
 # --- the parent: build, step the workers round-robin, report ---------------------------------------------------
@@ -290,6 +294,7 @@ class Worker:
         command = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir)]
         command += ["--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
         command += ["--quick"] if args.quick else []
+        command += ["--gradient-checkpointing", args.gradient_checkpointing]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
@@ -332,7 +337,7 @@ def report(workers: list[Worker], info: dict, peaks: list[float], args: argparse
     load = os.getloadavg()
     lines.append(
         f"policy {info['policy_params'] / 1e6:.1f}M params; {batch} completions x {size['new_tokens']} new tokens; "
-        f"{args.threads} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (best of {len(peaks)} rounds); "
+        f"{args.threads} threads; gradient checkpointing {args.gradient_checkpointing}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (best of {len(peaks)} rounds); "
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores"
     )
     header = (
@@ -404,6 +409,13 @@ def main(argv: list[str] | None = None) -> None:
         "--trainers",
         default=",".join(OURS + TRL),
         help=f"comma-separated subset of {','.join(OURS + TRL)} (default: all)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=["off", "on", "each-default"],
+        default="off",
+        help="activation checkpointing in every trainer (off: the same work everywhere; on: the low-memory setting; "
+        "each-default: ours off, TRL on, TRL's own default)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)

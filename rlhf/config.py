@@ -120,6 +120,13 @@ class PPOConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "trade compute for activation memory"}
     )
+    fuse_activations: bool = field(
+        default=True,
+        metadata={
+            "help": "replace composed tanh-GELU modules (GPT-2's gelu_new) with torch's fused kernel: the same "
+            "function to float rounding, less activation memory and time"
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the Hub"})
     report_to: list[str] = field(
         default_factory=list, metadata={"help": "accelerate trackers, e.g. [tensorboard] or [wandb]"}

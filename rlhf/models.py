@@ -33,6 +33,25 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def fuse_activations(model: nn.Module) -> int:
+    """Swap composed tanh-GELU modules (GPT-2's `gelu_new`, `gelu_fast`) for torch's one-kernel
+    `gelu(approximate="tanh")`: the same function to float rounding (transformers documents them as equivalent),
+    but one op that keeps one tensor for backward instead of seven elementwise ops keeping five (batch, seq,
+    4 * hidden) tensors. On a 10M GPT-2 update that is about a third of the activation memory. The config is
+    untouched, so a saved model loads with its original activation. Returns the number of modules swapped."""
+    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+
+    swaps = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) in (NewGELUActivation, FastGELUActivation)
+    ]
+    for parent, name in swaps:
+        setattr(parent, name, GELUTanh())
+    return len(swaps)
+
+
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
     """PAD must exist and differ from EOS: with PAD == EOS, masks built from the pad id would hide real EOS
     tokens. Add a new `<|pad|>` token (and resize embeddings) when the tokenizer has none or reuses EOS."""

@@ -29,7 +29,7 @@ from rlhf import checkpoint as ckpt_io
 from rlhf.advantages import compute_advantages
 from rlhf.config import PPOConfig
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_penalty
-from rlhf.models import Critic, disable_dropout, ensure_pad_token, load_policy
+from rlhf.models import Critic, disable_dropout, ensure_pad_token, fuse_activations, load_policy
 from rlhf.rewards import RewardModel, compute_rewards, load_reward_model, reward_name
 from rlhf.rollout import Rollout, ends_with_eos, forward_logprobs, forward_values, generate
 
@@ -90,6 +90,8 @@ class PPOTrainer:
             raise ValueError("processing_class: the tokenizer has no EOS token; completions could never end")
         tokenizer.padding_side = "left"
         disable_dropout(policy)
+        if args.fuse_activations:  # before the reference and critic copies are made, so they share it
+            fuse_activations(policy)
         if ref_model is None and peft_config is None and self.needs_reference:
             import copy
 
@@ -109,6 +111,8 @@ class PPOTrainer:
                 policy.enable_input_require_grads()
         if ref_model is not None:
             disable_dropout(ref_model)
+            if args.fuse_activations:
+                fuse_activations(ref_model)
             ref_model = ref_model.eval().requires_grad_(False).to(self.accelerator.device)
         self.ref_model = ref_model
         self.use_peft = peft_config is not None
@@ -131,6 +135,8 @@ class PPOTrainer:
                 )
                 rm.model.to(self.accelerator.device)
                 disable_dropout(rm.model)
+                if args.fuse_activations:
+                    fuse_activations(rm.model)
                 self.reward_funcs.append(rm)
             elif callable(func):
                 self.reward_funcs.append(func)
@@ -165,6 +171,8 @@ class PPOTrainer:
                 base = policy.get_base_model() if self.use_peft else policy
                 critic = Critic.from_policy(base)
             disable_dropout(critic)
+            if args.fuse_activations:
+                fuse_activations(critic)
 
         # --- data ----------------------------------------------------------------------------------------
         self._prepare_dataset(train_dataset, policy)

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 from classic.cli import parse_config
 from classic.runlog import read_metrics
 from rlhf import PPOConfig, PPOTrainer
+from rlhf.tiny import build_causal_lm
 
 PROMPTS = ["the movie", "a dog", "the cat", "it was"] * 8
 TIMING_KEYS = ("time/", "tokens_per_s")
@@ -210,6 +211,33 @@ def test_saved_model_loads_in_a_text_generation_pipeline(tmp_path, tokenizer, po
     pipe = pipeline("text-generation", model=str(tmp_path / "final"), device="cpu")
     out = pipe("the movie", max_new_tokens=4, do_sample=False)
     assert out[0]["generated_text"].startswith("the movie")
+
+
+def test_fused_activations_compute_the_same_function_in_every_model(
+    tmp_path, tokenizer, policy, reward_model
+):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from rlhf.models import fuse_activations
+
+    ids = tokenizer(["the movie was good", "a dog ran"], return_tensors="pt", padding=True)
+    reference = build_causal_lm(tokenizer, seed=0)
+    fused = build_causal_lm(tokenizer, seed=0)
+    assert fuse_activations(fused) == fused.config.n_layer and fuse_activations(fused) == 0
+    expected, got = reference(**ids).logits, fused(**ids).logits
+    assert torch.allclose(got, expected, atol=1e-5) and not torch.equal(got, expected)
+    expected.sum().backward(), got.sum().backward()
+    for a, b in zip(reference.parameters(), fused.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4)
+
+    args = small_config(tmp_path, advantage_estimator="gae", critic_init="reward_model", max_steps=1)
+    trainer = PPOTrainer(policy, reward_model, args, dataset(), tokenizer)
+    models = [trainer.policy, trainer.ref_model, trainer.critic, trainer.reward_funcs[0].model]
+    for model in models:
+        kinds = {type(m) for m in model.modules()}
+        assert GELUTanh in kinds and NewGELUActivation not in kinds
+    trainer.save_model(tmp_path / "final")  # the saved config keeps the original activation
+    assert "gelu_new" in (tmp_path / "final" / "config.json").read_text()
 
 
 # --- bad input -------------------------------------------------------------------------------------------
