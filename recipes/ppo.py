@@ -31,8 +31,8 @@ from recipes.common import (
     REWARD_FUNCTIONS,
     ClassifierLabelReward,
     build_prompts,
-    destroy_process_group,
     drop_long_prompts,
+    end_distributed,
     load_dataset_checked,
 )
 from rlhf import PPOConfig, PPOTrainer
@@ -151,8 +151,8 @@ def main(cfg: PPORecipeConfig) -> None:
     trainer.save_model()
     acc = trainer.accelerator
     acc.print(f"{trainer.step} steps on {acc.num_processes} process(es); model saved to {cfg.output_dir}")
-    acc.end_training()
-    destroy_process_group()
+    del trainer
+    end_distributed(acc)
 
 
 if __name__ == "__main__":

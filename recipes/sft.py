@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `recipes.common` importab
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from classic.cli import parse_config
-from recipes.common import destroy_process_group, load_dataset_checked, require_columns
+from recipes.common import end_distributed, load_dataset_checked, require_columns
 from rlhf.hub import load_model_config
 from rlhf.models import ensure_pad_token
 
@@ -116,8 +116,9 @@ def main(cfg: SFTRecipeConfig) -> None:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(cfg.output_dir)  # model + tokenizer (with its PAD token)
-    trainer.accelerator.end_training()
-    destroy_process_group()
+    accelerator = trainer.accelerator
+    del trainer
+    end_distributed(accelerator)
 
 
 if __name__ == "__main__":

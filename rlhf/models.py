@@ -33,6 +33,15 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (non-reentrant, the
+    variant that works with frozen inputs and LoRA). Only active while the model is in training mode."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def fuse_activations(model: nn.Module) -> int:
     """Swap composed tanh-GELU modules (GPT-2's `gelu_new`, `gelu_fast`) for torch's one-kernel
     `gelu(approximate="tanh")`: the same function to float rounding (transformers documents them as equivalent),

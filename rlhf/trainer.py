@@ -29,7 +29,14 @@ from rlhf import checkpoint as ckpt_io
 from rlhf.advantages import compute_advantages
 from rlhf.config import PPOConfig
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_penalty
-from rlhf.models import Critic, disable_dropout, ensure_pad_token, fuse_activations, load_policy
+from rlhf.models import (
+    Critic,
+    disable_dropout,
+    enable_activation_checkpointing,
+    ensure_pad_token,
+    fuse_activations,
+    load_policy,
+)
 from rlhf.rewards import RewardModel, compute_rewards, load_reward_model, reward_name
 from rlhf.rollout import Rollout, ends_with_eos, forward_logprobs, forward_values, generate
 
@@ -101,12 +108,7 @@ class PPOTrainer:
 
             policy = get_peft_model(policy, peft_config)
         if args.gradient_checkpointing:
-            if hasattr(policy, "activation_checkpointing_enable"):  # transformers >= 5
-                policy.activation_checkpointing_enable(
-                    activation_checkpointing_kwargs={"use_reentrant": False}
-                )
-            else:
-                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(policy)
             if peft_config is not None:
                 policy.enable_input_require_grads()
         if ref_model is not None:
@@ -171,6 +173,8 @@ class PPOTrainer:
                 base = policy.get_base_model() if self.use_peft else policy
                 critic = Critic.from_policy(base)
             disable_dropout(critic)
+            if args.gradient_checkpointing:
+                enable_activation_checkpointing(critic.backbone)
             if args.fuse_activations:
                 fuse_activations(critic)
 
@@ -296,6 +300,9 @@ class PPOTrainer:
         # each prompt's num_generations completions are consecutive rows (a group)
         rows = [i for i in indices for _ in range(args.num_generations)]
         query_ids, query_mask = self._left_pad([self.prompt_ids[i] for i in rows])
+        # eval mode for generation and scoring: with activation checkpointing on, a model in training mode
+        # drops its KV cache (dropout is 0 in both modes, so nothing else changes)
+        self._set_training(False)
         policy = acc.unwrap_model(self.policy)
         synced = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         with acc.autocast():
@@ -410,6 +417,7 @@ class PPOTrainer:
         sums: dict[str, float] = {}
         n_micro = 0
         models = [m for m in (self.policy, self.critic) if m is not None]
+        self._set_training(True)  # transformers checkpoints activations only in training mode
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(len(batch), device=acc.device)
             for mini_idx in order.split(args.mini_batch_size):
@@ -425,6 +433,11 @@ class PPOTrainer:
         for sched in self.schedulers:
             sched.step()
         return {k: v / n_micro for k, v in sums.items()}
+
+    def _set_training(self, mode: bool) -> None:
+        for model in (self.policy, self.critic):
+            if model is not None:
+                model.train(mode)
 
     def _loss_and_backward(self, micro: Rollout) -> dict[str, float]:
         args = self.args

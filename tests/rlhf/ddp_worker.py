@@ -6,8 +6,8 @@ from pathlib import Path
 
 import datasets
 import torch
-import torch.distributed as dist
 
+from recipes.common import end_distributed
 from rlhf import PPOConfig, PPOTrainer
 from rlhf.tiny import build_causal_lm, build_reward_model, build_tokenizer
 
@@ -63,6 +63,6 @@ for estimator in sys.argv[2:]:
             }
         )
     )
-trainer.accelerator.end_training()
-if dist.is_initialized():  # accelerate >= 1.x destroys it in end_training; older versions do not
-    dist.destroy_process_group()
+accelerator = trainer.accelerator
+del trainer
+end_distributed(accelerator)  # as the recipes end: models released before the process group

@@ -240,6 +240,35 @@ def test_fused_activations_compute_the_same_function_in_every_model(
     assert "gelu_new" in (tmp_path / "final" / "config.json").read_text()
 
 
+def test_gradient_checkpointing_recomputes_layers_and_changes_no_gradient(tmp_path, tokenizer, reward_model):
+    results = {}
+    for checkpointing in (False, True):
+        policy = build_causal_lm(tokenizer, seed=0)
+        args = small_config(
+            tmp_path / str(checkpointing),
+            advantage_estimator="gae",
+            critic_init="reward_model",
+            gradient_checkpointing=checkpointing,
+        )
+        trainer = PPOTrainer(policy, reward_model, args, dataset(), tokenizer)
+        rollout, _ = trainer.rollout(trainer._batch_indices(0))
+        # generation keeps its KV cache with checkpointing on: the same completions either way
+        results.setdefault("response_ids", []).append(rollout.response_ids)
+        calls = []
+        for name, model in (("policy", trainer.policy.transformer), ("critic", trainer.critic.backbone)):
+            model.h[0].attn.register_forward_hook(lambda *_, name=name, calls=calls: calls.append(name))
+        trainer._set_training(True)
+        trainer._loss_and_backward(rollout)  # one forward + backward of policy and critic on the whole batch
+        grads = [p.grad.clone() for m in (trainer.policy, trainer.critic) for p in m.parameters()]
+        results[checkpointing] = (calls, grads)
+    assert torch.equal(*results["response_ids"])
+    # a layer runs once per forward, and once more in the backward pass when its activations were not kept
+    assert results[False][0].count("policy") == 1 and results[True][0].count("policy") == 2
+    assert results[False][0].count("critic") == 1 and results[True][0].count("critic") == 2
+    for a, b in zip(results[False][1], results[True][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 
