@@ -67,9 +67,10 @@ class Agent(nn.Module):
         return self.critic(x).squeeze(-1)  # (batch,)
 
     def get_action_and_value(
-        self, x: torch.Tensor, action: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample (or score the given) actions: (action, logprob, entropy, value), each (batch, ...)."""
+        self, x: torch.Tensor, action: torch.Tensor | None = None, with_entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Sample (or score the given) actions: (action, logprob, entropy, value), each (batch, ...). The
+        entropy is None when `with_entropy` is False (acting, or an update with no entropy bonus)."""
         out = self.actor(x)
         if self.continuous:
             log_std = self.log_std.expand_as(out)
@@ -79,12 +80,12 @@ class Agent(nn.Module):
             logprob = (
                 -0.5 * ((action - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
             ).sum(-1)
-            entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+            entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).expand(len(out))
         else:
             if action is None:
                 action = torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
             logprob = logprobs_from_logits(out, action)
-            entropy = entropy_from_logits(out)
+            entropy = entropy_from_logits(out) if with_entropy else None
         return action, logprob, entropy, self.get_value(x)
 
     @torch.no_grad()
@@ -132,7 +133,7 @@ def collect_rollout(
     x = agent.normalize(next_obs, update=True)
     for _ in range(num_steps):
         with torch.no_grad():
-            action, logprob, _, value = agent.get_action_and_value(x)
+            action, logprob, _, value = agent.get_action_and_value(x, with_entropy=False)
         next_obs, reward, term, trunc, infos = envs.step(agent.env_action(action))
         global_step += n
         if run is not None:

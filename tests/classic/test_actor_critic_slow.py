@@ -32,9 +32,10 @@ def test_ppo_solves_cartpole_within_30k_steps_median(tmp_path):
         steps.append(ppo.train(cfg).solved_step)
     print("PPO CartPole steps to solve per seed:", steps)
     assert all(s is not None for s in steps)
-    # Issue #4 asks for <= 30,000. Measured on seeds 1-5: ours 30,360 (25,656..56,992); Stable-Baselines3 with the
-    # same RL-Zoo hyperparameters and seeds 31,520 (benchmarks/classic_cartpole.py). The bound allows that noise.
-    assert statistics.median(steps) <= 32_000
+    # Issue #4: <= 30,000. Measured on seeds 1-5: 21,624 / 21,408 / 38,912 / 26,560 / 24,040, median 24,040
+    # (seeds 1-10: median 27,548). Float-level changes (a fused optimizer, another CPU's kernels) move single
+    # seeds by thousands of steps; Stable-Baselines3 with the same hyperparameters: median 30,560 on seeds 1-5.
+    assert statistics.median(steps) <= 30_000
 
 
 def test_a2c_solves_cartpole_5_of_5_within_100k_steps(tmp_path):
