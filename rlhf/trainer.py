@@ -505,7 +505,12 @@ class PPOTrainer:
             out.mkdir(parents=True, exist_ok=True)
             writer = MetricsWriter(out / "metrics.jsonl", append=self.step > 0)
             if args.report_to:
-                acc.init_trackers("rlhf", config=dataclasses.asdict(args))
+                # trackers take scalars only (TensorBoard's hparams reject lists and None): the rest as text
+                config = {
+                    k: v if isinstance(v, int | float | str | bool) else str(v)
+                    for k, v in dataclasses.asdict(args).items()
+                }
+                acc.init_trackers("rlhf", config=config)
         history = []
         from tqdm.auto import tqdm
 
@@ -539,7 +544,10 @@ class PPOTrainer:
         if writer is not None:
             writer.close()
         if args.report_to:
-            acc.end_training()
+            # flush and close the trackers only: `end_training` would also destroy the process group, which
+            # save_model and the caller's own code still need
+            for tracker in acc.trackers:
+                tracker.finish()
         return history
 
     def _gather_metrics(self, stats: dict[str, float | None]) -> dict[str, float]:

@@ -1,3 +1,5 @@
+import json
+
 import datasets
 import pytest
 import torch
@@ -267,6 +269,25 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_no_gradient(tmp_pa
     assert results[False][0].count("critic") == 1 and results[True][0].count("critic") == 2
     for a, b in zip(results[False][1], results[True][1]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_report_to_tensorboard_logs_what_metrics_jsonl_holds(tmp_path, tokenizer, policy):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = small_config(tmp_path, report_to=["tensorboard"], max_steps=2)
+    trainer = PPOTrainer(policy, count_good, args, dataset(), tokenizer)
+    history = trainer.train()
+    trainer.save_model()  # the process group and trackers are still usable after train()
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    logged = EventAccumulator(str(events[0].parent)).Reload()
+    for key in ("reward", "policy_loss", "kl"):
+        points = logged.Scalars(key)
+        assert [p.step for p in points] == [1, 2]
+        assert [p.value for p in points] == pytest.approx([row[key] for row in history], rel=1e-6)
+    written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["reward"] for row in written] == [row["reward"] for row in history]
 
 
 # --- bad input -------------------------------------------------------------------------------------------
