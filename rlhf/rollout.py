@@ -119,9 +119,12 @@ def draw_tokens(probs: torch.Tensor) -> torch.Tensor:
     exponential number per vocabulary entry (64 x 8192 of them per decode step took as long as the model's
     forward on a 10M-parameter GPT-2). Tokens with probability 0 are never drawn: the search returns the first
     index whose cumulative sum is strictly above `u`, and `u` is strictly below the row total."""
-    cdf = probs.double().cumsum(dim=-1)  # float64: no drift over a 150k vocabulary
-    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1)
+    # float64: no drift over a 150k vocabulary (MPS has no float64; float32 there)
+    dtype = torch.float32 if probs.device.type == "mps" else torch.float64
+    cdf = probs.to(dtype).cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, dtype=dtype, device=probs.device) * cdf[:, -1:]
+    # the clamp only matters for a non-finite row (NaN logits), which `sample` reports after the loop
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -223,7 +226,13 @@ def sample(
             use_cache=True,
             **cache,
         ).logits[:, -1]
-    return response_ids[:, :length], logprobs[:, :length]
+    logprobs = logprobs[:, :length]
+    if not torch.isfinite(logprobs).all():  # one check per batch, not a device sync per token
+        raise FloatingPointError(
+            "the policy produced non-finite logits while sampling (NaN/inf weights or an overflow in "
+            "bf16/fp16); the completions of this batch are not usable"
+        )
+    return response_ids[:, :length], logprobs
 
 
 @torch.no_grad()

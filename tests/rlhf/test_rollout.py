@@ -103,3 +103,11 @@ def test_entropy_for_logging_has_no_graph_and_the_same_value(tokenizer, policy):
     _, for_logging = forward_logprobs(*inputs, with_entropy=True, entropy_grad=False)
     assert logprobs.requires_grad and with_grad.requires_grad and not for_logging.requires_grad
     assert torch.allclose(with_grad, for_logging)
+
+
+def test_sample_reports_non_finite_logits_instead_of_drawing_garbage(tokenizer, policy):
+    query_ids, query_mask = left_padded(tokenizer)
+    with torch.no_grad():
+        policy.lm_head.weight[3, 0] = float("nan")  # tied to the embeddings: every step's logits hold a NaN
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        sample(policy, query_ids, query_mask, 4, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
