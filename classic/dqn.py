@@ -57,7 +57,10 @@ class DQNConfig:
     start_e: float = field(default=1.0, metadata={"help": "initial exploration epsilon"})
     end_e: float = field(default=0.02, metadata={"help": "final exploration epsilon"})
     exploration_fraction: float = field(
-        default=0.1, metadata={"help": "fraction of total_timesteps over which epsilon decays linearly"}
+        default=0.05,
+        metadata={
+            "help": "fraction of total_timesteps over which epsilon decays linearly (5k of 100k steps)"
+        },
     )
     learning_starts: int = field(default=1000, metadata={"help": "env steps before learning starts"})
     train_frequency: int = field(default=2, metadata={"help": "env steps between training phases"})
