@@ -197,9 +197,16 @@ class PPOTrainer:
                 weight_decay=args.weight_decay,
             )
             self.schedulers.append(self._scheduler(critic_opt))
-            self.policy, self.policy_opt, self.critic, self.critic_opt = self.accelerator.prepare(
-                policy, policy_opt, critic, critic_opt
-            )
+            if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+                # accelerate drives one DeepSpeed engine per Accelerator (its backward goes to the last one)
+                raise ValueError(
+                    "advantage_estimator='gae' trains a critic next to the policy, and accelerate's DeepSpeed "
+                    "integration supports one trained model per Accelerator: use DDP or FSDP for gae, or a "
+                    "critic-free estimator (rloo, grpo, reinforce_baseline) with DeepSpeed"
+                )
+            # one model per prepare call: FSDP2 refuses two models in the same call
+            self.policy, self.policy_opt = self.accelerator.prepare(policy, policy_opt)
+            self.critic, self.critic_opt = self.accelerator.prepare(critic, critic_opt)
         else:
             self.policy, self.policy_opt = self.accelerator.prepare(policy, policy_opt)
             self.critic = self.critic_opt = None

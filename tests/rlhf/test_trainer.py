@@ -290,6 +290,16 @@ def test_report_to_tensorboard_logs_what_metrics_jsonl_holds(tmp_path, tokenizer
     assert [row["reward"] for row in written] == [row["reward"] for row in history]
 
 
+def test_gae_under_deepspeed_is_refused_with_a_clear_error(tmp_path, tokenizer, policy, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
+    args = small_config(tmp_path, advantage_estimator="gae")
+    with pytest.raises(ValueError, match="advantage_estimator='gae'.*DeepSpeed"):
+        PPOTrainer(policy, count_good, args, dataset(), tokenizer)
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 
