@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+from rlhf import rollout
 from rlhf.rollout import (
     draw_tokens,
     forward_logprobs,
@@ -111,3 +112,40 @@ def test_sample_reports_non_finite_logits_instead_of_drawing_garbage(tokenizer, 
         policy.lm_head.weight[3, 0] = float("nan")  # tied to the embeddings: every step's logits hold a NaN
     with pytest.raises(FloatingPointError, match="non-finite logits"):
         sample(policy, query_ids, query_mask, 4, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def test_sample_on_a_rope_gqa_model_matches_a_full_forward(tokenizer, monkeypatch):
+    """Qwen2 layout (rotary positions, grouped-query attention): the preallocated cache must hand attention the
+    same keys and values as a full forward pass, with left padding shifting every row's positions."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    query_ids, query_mask = left_padded(tokenizer)
+    created = []
+    original = rollout._PreallocatedLayer.__init__
+
+    def spy(self, capacity):
+        created.append(capacity)
+        original(self, capacity)
+
+    monkeypatch.setattr(rollout._PreallocatedLayer, "__init__", spy)
+    response_ids, logprobs = sample(
+        model, query_ids, query_mask, 8, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    assert created == [query_ids.shape[1] + 8] * config.num_hidden_layers  # every layer preallocated
+    mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    with torch.no_grad():
+        full, _ = forward_logprobs(model, query_ids, query_mask, response_ids, mask, 1.0)
+    assert torch.allclose(logprobs, full * mask, atol=1e-5)
