@@ -9,9 +9,9 @@ generated text, ~10M parameters), a reward model of the same shape, 16 prompts x
 64 new tokens per step, KL to a frozen reference with beta 0.05, one optimizer step per batch (one PPO epoch,
 minibatch = microbatch = the whole batch), fp32, 2 threads, temperature 1, no top-k / top-p, activation
 checkpointing off in every trainer (TRL's configs turn it on by default: `--gradient-checkpointing each-default`
-keeps that, `on` turns it on everywhere). The models are
-randomly initialised, so EOS (1 token in 8k) is almost never sampled and completions run the full 64 tokens in
-every trainer (the mean completion length is printed to show it); both decoding loops run until every row ends.
+keeps that, `on` turns it on everywhere). The models are randomly initialised, so EOS (1 token in 8k) is almost
+never sampled and completions run the full 64 tokens in every trainer (the mean completion length is printed to
+show it); both decoding loops run until every row ends.
 
 Ours runs each estimator (gae with the critic initialised from the reward model, reinforce_baseline, rloo, grpo);
 TRL runs `GRPOTrainer` (beta > 0 puts a k3 KL in its loss, so our grpo uses kl_in_loss=True, kl_estimator=k3)
