@@ -33,3 +33,26 @@ def test_benchmark_quick_prints_the_ratio_table():
     ratio = next(line for line in out.splitlines() if line.startswith("ours grpo") and "/ trl_grpo" in line)
     ratios = [float(x) for x in re.findall(r"\d+\.\d+", ratio.split("/ trl_grpo", 1)[1])][:5]  # then targets
     assert len(ratios) == 5 and all(math.isfinite(r) and r > 0 for r in ratios), ratio
+
+
+def test_sampler_benchmark_quick_prints_both_rows_and_the_ratio():
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "sampler.py"),
+        "--quick",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for name in ("sample", "generate"):
+        row = next(line for line in lines if line.startswith(name + " "))
+        numbers = [float(x) for x in row.split()[1:]]
+        assert len(numbers) == 4 and all(math.isfinite(x) and x > 0 for x in numbers), row
+        assert numbers[3] <= 8.0  # mean completion length <= --new-tokens of the quick size
+    ratio = float(next(line for line in lines if line.startswith("ratio")).split(":")[1])
+    assert math.isfinite(ratio) and ratio > 0
