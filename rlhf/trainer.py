@@ -107,6 +107,7 @@ class PPOTrainer:
             from peft import get_peft_model
 
             policy = get_peft_model(policy, peft_config)
+            disable_dropout(policy)  # LoRA's own dropout too: the update runs in training mode
         if args.gradient_checkpointing:
             enable_activation_checkpointing(policy)
             if peft_config is not None:

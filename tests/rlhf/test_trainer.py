@@ -188,9 +188,12 @@ def test_lora_reference_is_the_base_model_and_only_adapters_train(tmp_path, toke
         kl_estimator="k3",
         learning_rate=1e-2,
     )
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.1, task_type="CAUSAL_LM")
     trainer = PPOTrainer(policy, completion_chars, args, dataset(), tokenizer, peft_config=lora)
     assert trainer.ref_model is None  # no second copy in memory
+    # the update runs in training mode: LoRA's dropout must be off like every other (N+ detail)
+    dropouts = [m for m in trainer.policy.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
     history = trainer.train()
     assert history[-1]["kl_loss"] > 0
     peft_model = trainer.accelerator.unwrap_model(trainer.policy)
