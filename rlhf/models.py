@@ -27,10 +27,14 @@ def load_policy(
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """N+ detail: dropout off in every model, so log-probs at rollout and update time agree."""
+    """N+ detail: dropout off in every model, so log-probs at rollout and update time agree. Covers
+    `nn.Dropout` modules and the attention-probability dropout that Llama/Qwen-style layers keep as a float
+    (`attention_dropout`, applied only in training mode, which the update runs in)."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

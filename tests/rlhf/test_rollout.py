@@ -149,3 +149,27 @@ def test_sample_on_a_rope_gqa_model_matches_a_full_forward(tokenizer, monkeypatc
     with torch.no_grad():
         full, _ = forward_logprobs(model, query_ids, query_mask, response_ids, mask, 1.0)
     assert torch.allclose(logprobs, full * mask, atol=1e-5)
+
+
+def test_disable_dropout_covers_modules_and_llama_style_attention_dropout():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rlhf.models import disable_dropout
+
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, attention_dropout=0.5,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    model.extra = torch.nn.Dropout(0.3)
+    disable_dropout(model)
+    attention = [m for m in model.modules() if hasattr(m, "attention_dropout")]
+    assert len(attention) == 2 and all(m.attention_dropout == 0.0 for m in attention)
+    assert model.extra.p == 0.0
+    # so training mode (the update) and eval mode (the rollout) give the same logits
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        model.train()
+        train_logits = model(input_ids=ids).logits
+        model.eval()
+        assert torch.allclose(train_logits, model(input_ids=ids).logits, atol=1e-6)
