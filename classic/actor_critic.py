@@ -69,8 +69,9 @@ class Agent(nn.Module):
     def get_action_and_value(
         self, x: torch.Tensor, action: torch.Tensor | None = None, with_entropy: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Sample (or score the given) actions: (action, logprob, entropy, value), each (batch, ...). The
-        entropy is None when `with_entropy` is False (acting, or an update with no entropy bonus)."""
+        """Sample (or score the given) actions: (action, logprob, entropy, value), each (batch, ...). A
+        categorical policy skips its entropy (None) when `with_entropy` is False (acting, or an update with no
+        entropy bonus); a Gaussian's is a closed form of log_std and always returned."""
         out = self.actor(x)
         if self.continuous:
             log_std = self.log_std.expand_as(out)
@@ -80,7 +81,7 @@ class Agent(nn.Module):
             logprob = (
                 -0.5 * ((action - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
             ).sum(-1)
-            entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).expand(len(out))
+            entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
         else:
             if action is None:
                 action = torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
