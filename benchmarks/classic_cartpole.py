@@ -188,6 +188,14 @@ def main() -> None:
             f"{ratio(s_o, s_s, math.inf)} | {show(t_o, math.inf, '.1f')} | {show(t_s, b_s, '.1f')} | "
             f"{ratio(t_o, t_s, b_s)} |"
         )
+    # speed per environment step, separate from how many steps each needs (solved runs only)
+    print("\nenv steps per second while solving (median over solved seeds):")
+    for algo in dict.fromkeys(r[0] for r in rows):
+        speeds = {}
+        for impl in ("ours", "sb3"):
+            rates = [r[3] / r[4] for r in rows if r[0] == algo and r[1] == impl and r[3] is not None]
+            speeds[impl] = f"{statistics.median(rates):,.0f}" if rates else "-"
+        print(f"  {algo}: ours {speeds['ours']}, SB3 {speeds['sb3']}")
 
 
 if __name__ == "__main__":
