@@ -89,12 +89,11 @@ def run_ours(
 ) -> tuple[int | None, float]:
     """`hparams` "tuned": our shipped CartPole config; "zoo": our defaults, which are RL-Zoo's for PPO and SB3's
     for A2C (DQN has no separate zoo setting here)."""
+    from classic.actor_critic import first_solved_row
     from classic.cli import parse_config
-    from classic.runlog import read_metrics
 
     module = __import__(f"classic.{algo}", fromlist=["train"])
     config_cls = next(v for k, v in vars(module).items() if k.lower() == f"{algo}config")
-    fields = config_cls.__dataclass_fields__
     with tempfile.TemporaryDirectory() as tmp:
         argv = []
         if hparams == "tuned" and OURS_TUNED[algo]:
@@ -105,28 +104,13 @@ def run_ours(
             total = 100_000 if algo == "dqn" or hparams == "tuned" else ZOO[algo]["total"]
         argv += ["--env_id", "CartPole-v1", "--seed", str(seed), "--run_dir", tmp]
         argv += ["--total_timesteps", str(total)]
-        if "stop_at_return" in fields:
-            argv += ["--stop_at_return", str(THRESHOLD)]
-        if "torch_threads" in fields:
-            argv += ["--torch_threads", "1"]
+        argv += ["--stop_at_return", str(THRESHOLD), "--torch_threads", "1"]
         cfg = parse_config(config_cls, argv)
         start = time.perf_counter()
         module.train(cfg)
         seconds = time.perf_counter() - start
-        returns: deque[float] = deque(maxlen=WINDOW)
-        for row in read_metrics(Path(tmp) / "metrics.jsonl"):
-            returns.append(row["episode_return"])
-            if sum(returns) / len(returns) >= THRESHOLD:
-                return int(row["global_step"]), float(row["time"])
-        return None, seconds
-
-
-def available(algo: str) -> bool:
-    try:
-        __import__(f"classic.{algo}")
-    except ImportError:
-        return False
-    return True
+        row = first_solved_row(Path(tmp), THRESHOLD, WINDOW)
+        return (int(row["global_step"]), float(row["time"])) if row else (None, seconds)
 
 
 def main() -> None:
@@ -145,9 +129,6 @@ def main() -> None:
     run_sb3("ppo", 0, total=512)
     rows = []
     for algo in args.algos:
-        if not available(algo):
-            print(f"classic.{algo} not importable: skipped")
-            continue
         for impl in ("ours", "sb3"):
             for seed in args.seeds:
                 if impl == "ours":

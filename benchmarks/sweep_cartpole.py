@@ -18,11 +18,10 @@ import os
 import random
 import statistics
 import tempfile
-from collections import deque
 from multiprocessing import Pool
 from pathlib import Path
 
-THRESHOLD, WINDOW = 475.0, 20
+THRESHOLD = 475.0
 
 SPACES = {
     "ppo": {
@@ -60,20 +59,16 @@ def solve(job: tuple[str, dict, int]) -> tuple[int | None, float]:
     """(steps, seconds) to solve for one seed; (None, 99.0) when the budget ran out first."""
     algo, values, seed = job
     os.environ["RLBOOK_NO_PROGRESS"] = "1"
+    from classic.actor_critic import first_solved_row
     from classic.cli import config_from_dict
-    from classic.runlog import read_metrics
 
     module = __import__(f"classic.{algo}", fromlist=["train"])
     config_cls = getattr(module, f"{algo.upper()}Config")
     with tempfile.TemporaryDirectory() as tmp:
         run = {"seed": seed, "run_dir": tmp, "stop_at_return": THRESHOLD, "torch_threads": 1}
         module.train(config_from_dict(config_cls, {**values, **run}))
-        returns: deque[float] = deque(maxlen=WINDOW)
-        for row in read_metrics(Path(tmp) / "metrics.jsonl"):
-            returns.append(row["episode_return"])
-            if sum(returns) / len(returns) >= THRESHOLD:
-                return int(row["global_step"]), float(row["time"])
-    return None, 99.0
+        row = first_solved_row(Path(tmp), THRESHOLD)
+    return (int(row["global_step"]), float(row["time"])) if row else (None, 99.0)
 
 
 def main() -> None:

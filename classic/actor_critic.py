@@ -188,13 +188,18 @@ class TrainResult:
     wall_clock: float
 
 
-def first_solved_step(run_dir: Path, threshold: float | None, window: int = 20) -> int | None:
-    """The global step at which the mean of the last `window` training episodes first reached `threshold`."""
-    if threshold is None:
-        return None
+def first_solved_row(run_dir: Path, threshold: float, window: int = 20) -> dict | None:
+    """The metrics.jsonl row (`global_step`, `time` since training started, ...) at which the mean of the last
+    `window` training episodes first reached `threshold`; None if it never did."""
     returns: list[float] = []
-    for row in read_metrics(run_dir / "metrics.jsonl"):
+    for row in read_metrics(Path(run_dir) / "metrics.jsonl"):
         returns.append(row["episode_return"])
         if sum(returns[-window:]) / len(returns[-window:]) >= threshold:
-            return int(row["global_step"])
+            return row
     return None
+
+
+def first_solved_step(run_dir: Path, threshold: float | None, window: int = 20) -> int | None:
+    """The global step at which the mean of the last `window` training episodes first reached `threshold`."""
+    row = None if threshold is None else first_solved_row(run_dir, threshold, window)
+    return None if row is None else int(row["global_step"])

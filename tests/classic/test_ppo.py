@@ -1,6 +1,7 @@
 """PPO / A2C: bad input, normalisers, truncation bootstrap, clipping acting, save/load, reproducibility, and short
 learning runs (longer acceptance runs are marked slow)."""
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -212,3 +213,16 @@ def test_load_reproduces_greedy_actions(tmp_path, module, env_id, extra):
 def test_ppo_learns_cartpole_quickly(tmp_path):
     result = ppo.train(ppo.PPOConfig(seed=1, total_timesteps=12_288, run_dir=str(tmp_path / "run")))
     assert np.mean(result.episode_returns[-20:]) >= 150
+
+
+def test_first_solved_row_uses_the_trailing_window(tmp_path):
+    # returns 1, 3, 5, 7 with window 2: trailing means 1, 2, 4, 6 -> first >= 4 at the third row
+    rows = [
+        {"global_step": 10 * (i + 1), "episode_return": r, "time": 0.5 * i}
+        for i, r in enumerate([1, 3, 5, 7])
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert actor_critic.first_solved_row(tmp_path, 4.0, window=2) == rows[2]
+    assert actor_critic.first_solved_step(tmp_path, 4.0, window=2) == 30
+    assert actor_critic.first_solved_step(tmp_path, 6.5, window=2) is None  # best trailing mean is 6
+    assert actor_critic.first_solved_step(tmp_path, None) is None
