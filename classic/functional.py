@@ -100,14 +100,34 @@ def gae_advantages(
     return advantages, advantages + values
 
 
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated so that it is minimised:
+    max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high)). `clip_eps_high` (DAPO's "clip-higher", Yu et
+    al. 2025) defaults to `clip_eps`.
+
+    Returns (loss, clipped_low, clipped_high): the boolean masks of the elements where the clipped term is the
+    active one (ratio below 1 - eps_low with A < 0, above 1 + eps_high with A > 0); there the gradient is zero.
+    """
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
+    with torch.no_grad():
+        clipped_low = (ratio < 1.0 - clip_eps) & (advantages < 0)
+        clipped_high = (ratio > 1.0 + high) & (advantages > 0)
+    return torch.maximum(unclipped, clipped), clipped_low, clipped_high
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     clip_eps: float = 0.2,
     mask: torch.Tensor | None = None,
+    clip_eps_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated so that it is minimised.
+    """The mean of `clipped_surrogate` over the (masked) elements.
 
     `old_logprobs` must be the behaviour policy's log-probs stored at rollout time (a detached copy of the
     *current* log-probs makes the ratio 1 and clipping never acts). Returns (loss, clip_fraction, approx_kl)
@@ -115,13 +135,27 @@ def ppo_policy_loss(
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss, clipped_low, clipped_high = clipped_surrogate(ratio, advantages, clip_eps, clip_eps_high)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+        clip_fraction = masked_mean((clipped_low | clipped_high).float(), mask)
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask)
-    return loss, clip_fraction, approx_kl
+    return masked_mean(loss, mask), clip_fraction, approx_kl
+
+
+def clipped_value_error(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_eps: float | None = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element 0.5 * (V - R)^2, with the PPO value clipping of the `baselines` implementation when
+    `clip_eps` is set: the pessimistic max of the unclipped and the clipped (around `old_values`) error.
+    Returns (loss, clipped) with `clipped` the boolean mask of elements where the clipped error is larger."""
+    unclipped = (values - returns) ** 2
+    if clip_eps is None:
+        return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    clipped = (values_clipped - returns) ** 2
+    with torch.no_grad():
+        clipped_mask = clipped > unclipped
+    return 0.5 * torch.maximum(unclipped, clipped), clipped_mask
 
 
 def value_loss(
@@ -131,18 +165,11 @@ def value_loss(
     clip_eps: float | None = 0.2,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5 * (V - R)^2, with the PPO value clipping of the `baselines` implementation when `clip_eps` is set:
-    the pessimistic max of the unclipped and the clipped (around `old_values`) error.
-    Returns (loss, clip_fraction)."""
-    unclipped = (values - returns) ** 2
-    if clip_eps is None:
-        return 0.5 * masked_mean(unclipped, mask), torch.zeros((), device=values.device)
-    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
-    clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    """The mean of `clipped_value_error` over the (masked) elements. Returns (loss, clip_fraction)."""
+    loss, clipped = clipped_value_error(values, old_values, returns, clip_eps)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-    return loss, clip_fraction
+        clip_fraction = masked_mean(clipped.float(), mask)
+    return masked_mean(loss, mask), clip_fraction
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -170,12 +197,11 @@ def explained_variance(
 # `scores` is (num_prompts * group_size,) with each prompt's group_size completions contiguous.
 
 
-def reinforce_baseline_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """REINFORCE with the group mean as baseline, then whitened over the whole batch (OpenRLHF's
-    `reinforce_baseline`)."""
+def group_mean_baseline_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """r_i minus the mean score of its group (REINFORCE with the group mean as baseline; the first step of
+    OpenRLHF's REINFORCE++-baseline, Hu et al. 2025, which then whitens the token returns over the batch)."""
     grouped = scores.view(-1, group_size)
-    centred = (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
-    return centred / (centred.std() + 1e-8) if centred.numel() > 1 else centred
+    return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
 
 
 def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -189,13 +215,25 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def grpo_advantages(
-    scores: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+    scores: torch.Tensor,
+    group_size: int,
+    scale: str = "group",
+    eps: float = 1e-4,
+    batch_std: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Group-relative advantages (Shao et al. 2024, DeepSeekMath): (r - mean_group) / (std_group + eps);
-    `scale=False` keeps only the centring (Dr. GRPO, Liu et al. 2025)."""
+    """Group-relative advantages (Shao et al. 2024, DeepSeekMath): (r - mean_group) / (std + eps).
+
+    scale: "group" divides by the sample std of each group (the paper; TRL's default, eps 1e-4), "batch" by
+    the std of all scores of the batch (`batch_std`, default the std of `scores`; pass the all-rank value when
+    the batch is split over processes), "none" only centres (Dr. GRPO, Liu et al. 2025)."""
     grouped = scores.view(-1, group_size)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale:
+    if scale == "group":
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.ones_like(centred)
-        centred = centred / (std + eps)
-    return centred.flatten()
+    elif scale == "batch":
+        std = scores.std() if batch_std is None else batch_std
+    elif scale == "none":
+        return centred.flatten()
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return (centred / (std + eps)).flatten()

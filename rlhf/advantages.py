@@ -1,11 +1,131 @@
-"""From sequence scores and per-token KL to per-token advantages: the one switch between PPO-with-critic,
-REINFORCE with baseline, RLOO and GRPO. Pure torch; the math itself lives in `classic.functional`."""
+"""From sequence scores and per-token KL to per-token advantages: one registry of estimators.
+
+Each `Estimator` declares in one place what it needs (a critic, a minimum group size), how it turns the
+completions' scores into a sequence-level signal (its baseline), and whether its token advantages are whitened
+over the whole batch. `config.py` validates against the registry and `trainer.py` reads it; neither branches on an
+estimator's name. Pure torch; the math itself lives in `classic.functional`.
+
+Every critic-free estimator is: baseline(scores) at the last token, -beta * KL_t on every token, returns-to-go,
+optionally whitened over all tokens of all ranks. GAE replaces the returns-to-go with the critic's GAE.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from classic import functional as F
+
+# sums a tensor over all processes (the identity on one process): batch-wide statistics are all-rank statistics
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """What an advantage estimator is and needs.
+
+    baseline: (scores (batch,), group_size, scale_rewards, reduce) -> the sequence-level signal that replaces
+    each score (None for gae, whose baseline is the critic). whiten: the default of `whiten_advantages` (whiten
+    the final token advantages over all tokens of the batch, all ranks)."""
+
+    name: str
+    source: str
+    needs_critic: bool
+    min_group_size: int
+    whiten: bool
+    baseline: Callable[[torch.Tensor, int, str, Reduce], torch.Tensor] | None
+
+
+def _no_baseline(scores: torch.Tensor, group_size: int, scale: str, reduce: Reduce) -> torch.Tensor:
+    return scores
+
+
+def _group_mean(scores: torch.Tensor, group_size: int, scale: str, reduce: Reduce) -> torch.Tensor:
+    return F.group_mean_baseline_advantages(scores, group_size)
+
+
+def _rloo(scores: torch.Tensor, group_size: int, scale: str, reduce: Reduce) -> torch.Tensor:
+    return F.rloo_advantages(scores, group_size)
+
+
+def _grpo(scores: torch.Tensor, group_size: int, scale: str, reduce: Reduce) -> torch.Tensor:
+    batch_std = global_std(scores, reduce) if scale == "batch" else None
+    return F.grpo_advantages(scores, group_size, scale=scale, batch_std=batch_std)
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    e.name: e
+    for e in (
+        Estimator(
+            "gae",
+            "PPO with a critic: GAE over per-token rewards (Schulman et al. 2016; Ziegler et al. 2019; N+ details)",
+            needs_critic=True,
+            min_group_size=1,
+            whiten=True,
+            baseline=None,
+        ),
+        Estimator(
+            "reinforce_pp",
+            "REINFORCE++ (Hu et al. 2025; OpenRLHF 'reinforce'): KL-shaped token returns, whitened over the batch",
+            needs_critic=False,
+            min_group_size=1,
+            whiten=True,
+            baseline=_no_baseline,
+        ),
+        Estimator(
+            "reinforce_baseline",
+            "REINFORCE++-baseline (OpenRLHF): score minus the group mean, KL-shaped token returns, whitened",
+            needs_critic=False,
+            min_group_size=2,
+            whiten=True,
+            baseline=_group_mean,
+        ),
+        Estimator(
+            "rloo",
+            "RLOO (Ahmadian et al. 2024): score minus the mean of the other completions of the prompt",
+            needs_critic=False,
+            min_group_size=2,
+            whiten=False,
+            baseline=_rloo,
+        ),
+        Estimator(
+            "grpo",
+            "GRPO (Shao et al. 2024): score minus the group mean, divided by the std (scale_rewards)",
+            needs_critic=False,
+            min_group_size=2,
+            whiten=False,
+            baseline=_grpo,
+        ),
+    )
+}
+
+
+def get_estimator(name: str) -> Estimator:
+    if name not in ESTIMATORS:
+        raise ValueError(f"advantage_estimator must be one of {sorted(ESTIMATORS)}, got {name!r}")
+    return ESTIMATORS[name]
+
+
+def global_std(x: torch.Tensor, reduce: Reduce = _identity) -> torch.Tensor:
+    """Sample std of `x` over all processes (one all-reduce of sum, sum of squares and count)."""
+    total, total_sq, n = reduce(torch.stack([x.sum(), (x * x).sum(), x.new_tensor(float(x.numel()))]))
+    var = (total_sq - total * total / n) / (n - 1).clamp(min=1)
+    return var.clamp(min=0).sqrt()
+
+
+def whiten_tokens(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _identity) -> torch.Tensor:
+    """(x - mean) / std over every real token of every process, population variance (OpenRLHF's normalisation,
+    also used for GAE here); padding comes back as 0."""
+    total, total_sq, n = reduce(torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]))
+    mean = total / n.clamp(min=1)
+    var = (total_sq / n.clamp(min=1) - mean * mean).clamp(min=1e-8)
+    return (x - mean) * torch.rsqrt(var) * mask
 
 
 def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
@@ -25,43 +145,43 @@ def per_token_rewards(
 
 
 def compute_advantages(
-    estimator: str,
+    estimator: str | Estimator,
     scores: torch.Tensor,
     kl: torch.Tensor,
     kl_coef: float,
     response_mask: torch.Tensor,
-    group_size: int,
+    group_size: int = 1,
     values: torch.Tensor | None = None,
     gamma: float = 1.0,
-    lam: float = 0.95,
+    gae_lambda: float = 0.95,
+    whiten: bool | None = None,
+    scale_rewards: str = "group",
+    reduce: Reduce = _identity,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (advantages, returns), both (batch, T), zero on padding.
 
-    gae: GAE over r_t = -beta * kl_t (+ score at the last token) with the critic's values; the episode
-    terminates at the last real token (nothing follows it).
-    critic-free: the sequence score is replaced by its group-relative advantage (a prompt's `group_size`
-    completions are consecutive rows), the KL rewards stay, and the advantage is the return-to-go.
+    scores (batch,), each prompt's `group_size` completions in consecutive rows; kl (batch, T) per-token KL
+    estimates, weighted by `kl_coef` into the reward (pass 0 when the KL is in the loss instead). gae: the episode
+    terminates at the last real token (nothing follows it). `whiten` None = the estimator's default. `reduce`
+    sums over processes, so that batch-wide statistics (whitening, scale_rewards='batch') cover all ranks.
     """
+    est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
     mask = response_mask
     done = torch.zeros_like(mask)
     done[torch.arange(len(mask), device=mask.device), last_token_index(mask)] = 1.0
-    if estimator == "gae":
+    if est.needs_critic:
         if values is None:
-            raise ValueError("advantage_estimator='gae' needs critic values")
+            raise ValueError(f"advantage_estimator={est.name!r} needs critic values")
         rewards = per_token_rewards(scores, kl, mask, kl_coef)
         values = values * mask
         next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
-        advantages, returns = F.gae_advantages(rewards, values, next_values, done, done, gamma, lam)
-        return advantages * mask, returns * mask
-    estimators = {
-        "rloo": F.rloo_advantages,
-        "grpo": F.grpo_advantages,
-        "reinforce_baseline": F.reinforce_baseline_advantages,
-    }
-    if estimator not in estimators:
-        raise ValueError(
-            f"unknown advantage_estimator {estimator!r}; expected gae or one of {sorted(estimators)}"
-        )
-    rewards = per_token_rewards(estimators[estimator](scores, group_size), kl, mask, kl_coef)
-    returns = F.discounted_returns(rewards, gamma, done) * mask
-    return returns, returns
+        advantages, returns = F.gae_advantages(rewards, values, next_values, done, done, gamma, gae_lambda)
+        advantages, returns = advantages * mask, returns * mask
+    else:
+        shaped = est.baseline(scores, group_size, scale_rewards, reduce)
+        rewards = per_token_rewards(shaped, kl, mask, kl_coef)
+        returns = F.discounted_returns(rewards, gamma, done) * mask
+        advantages = returns
+    if est.whiten if whiten is None else whiten:
+        advantages = whiten_tokens(advantages, mask, reduce)
+    return advantages, returns

@@ -6,15 +6,20 @@ and the command line with `classic.cli.parse_config(PPOConfig)`; unknown keys ar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-ESTIMATORS = ("gae", "reinforce_baseline", "rloo", "grpo")
+from rlhf.advantages import ESTIMATORS
+from rlhf.losses import LOSS_TYPES
 
 
 @dataclass
 class PPOConfig:
     """Configuration of rlhf.PPOTrainer (PPO with a critic, REINFORCE, RLOO or GRPO on a causal LM)."""
+
+    # old key -> new key: a config that still uses an old name gets an error naming the new one
+    RENAMED: ClassVar[dict[str, str]] = {"lam": "gae_lambda"}
 
     output_dir: str = field(
         default="runs/ppo", metadata={"help": "where metrics.jsonl, checkpoints and the model go"}
@@ -25,7 +30,10 @@ class PPOConfig:
     # --- batch sizes (per process) -------------------------------------------------------------------------
     rollout_batch_size: int = field(default=16, metadata={"help": "prompts per step per process"})
     num_generations: int = field(
-        default=1, metadata={"help": "completions per prompt (>= 2 for rloo / grpo / reinforce_baseline)"}
+        default=1,
+        metadata={
+            "help": "completions per prompt (>= 2 for the group estimators rloo / grpo / reinforce_baseline)"
+        },
     )
     mini_batch_size: int = field(
         default=16,
@@ -63,14 +71,56 @@ class PPOConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip (per model)"})
 
     # --- PPO -----------------------------------------------------------------------------------------------
-    advantage_estimator: Literal["gae", "reinforce_baseline", "rloo", "grpo"] = field(
+    advantage_estimator: str = field(
         default="gae",
-        metadata={"help": "gae (needs a critic) | reinforce_baseline | rloo | grpo (critic-free)"},
+        metadata={
+            "help": "gae (PPO with a critic) | reinforce_pp | reinforce_baseline | rloo | grpo (critic-free); "
+            "what each needs is declared in rlhf.advantages.ESTIMATORS"
+        },
     )
     gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    whiten_advantages: bool = field(default=True, metadata={"help": "whiten GAE advantages over the batch"})
-    clip_eps: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda (gae only)"})
+    whiten_advantages: bool | None = field(
+        default=None,
+        metadata={
+            "help": "whiten the token advantages over the whole batch (all ranks); None = the estimator's "
+            "default (on for gae, reinforce_pp, reinforce_baseline; off for rloo, grpo)"
+        },
+    )
+    scale_rewards: Literal["group", "batch", "none"] = field(
+        default="group",
+        metadata={
+            "help": "grpo: divide centred scores by the group's std (paper), the whole batch's std, or not at "
+            "all (none = Dr. GRPO)"
+        },
+    )
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = field(
+        default="dapo",
+        metadata={
+            "help": "normaliser of every loss over the whole optimizer step (all microbatches and ranks): dapo = "
+            "token mean, grpo = mean per sequence then over sequences, dr_grpo = sum / (sequences x "
+            "max_new_tokens)"
+        },
+    )
+    clip_eps: float = field(
+        default=0.2, metadata={"help": "PPO ratio clip (lower side, and upper by default)"}
+    )
+    clip_eps_high: float | None = field(
+        default=None,
+        metadata={
+            "help": "upper ratio clip 1 + clip_eps_high (DAPO's clip-higher, e.g. 0.28); None = clip_eps"
+        },
+    )
+    importance_sampling_level: Literal["token", "sequence"] = field(
+        default="token",
+        metadata={
+            "help": "token: PPO's per-token ratio; sequence: one length-normalised ratio per completion (GSPO)"
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={"help": "completions that hit max_new_tokens without EOS take no part in the loss (DAPO)"},
+    )
     value_clip_eps: float | None = field(
         default=0.2, metadata={"help": "value clip around old values; None = off"}
     )
@@ -81,11 +131,16 @@ class PPOConfig:
     kl_coef: float = field(
         default=0.05, metadata={"help": "beta: weight of the KL penalty (initial value if adaptive)"}
     )
-    kl_estimator: Literal["k1", "k3"] = field(
-        default="k1", metadata={"help": "k1: logp - ref_logp (in reward); k3: exp(ref-logp)-(ref-logp)-1"}
+    kl_estimator: Literal["k1", "k2", "k3"] = field(
+        default="k1",
+        metadata={
+            "help": "per-token KL estimate, r = ref/policy: k1 = -log r (the reward penalty); k2 = 0.5 (log r)^2; "
+            "k3 = r - log r - 1 (GRPO's loss term); see rlhf/kl.py"
+        },
     )
     kl_in_loss: bool = field(
-        default=False, metadata={"help": "add beta * KL to the loss (GRPO style) instead of to the reward"}
+        default=False,
+        metadata={"help": "add beta * KL to the loss (GRPO style) instead of to the reward; needs k2 or k3"},
     )
     adaptive_kl: bool = field(
         default=False, metadata={"help": "adapt beta towards kl_target (Ziegler et al. 2019)"}
@@ -152,12 +207,20 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.temperature must be > 0, got {self.temperature}")
         if self.advantage_estimator not in ESTIMATORS:
             raise ValueError(
-                f"PPOConfig.advantage_estimator must be one of {ESTIMATORS}, got {self.advantage_estimator!r}"
+                f"PPOConfig.advantage_estimator must be one of {sorted(ESTIMATORS)}, got {self.advantage_estimator!r}"
             )
-        if self.advantage_estimator != "gae" and self.num_generations < 2:
+        estimator = ESTIMATORS[self.advantage_estimator]
+        if self.num_generations < estimator.min_group_size:
             raise ValueError(
-                f"PPOConfig.num_generations must be >= 2 for advantage_estimator={self.advantage_estimator!r} "
-                "(the baseline comes from the other completions of the same prompt)"
+                f"PPOConfig.num_generations must be >= {estimator.min_group_size} for advantage_estimator="
+                f"{self.advantage_estimator!r} (the baseline comes from the other completions of the same prompt)"
+            )
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"PPOConfig.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.kl_in_loss and self.kl_estimator == "k1":
+            raise ValueError(
+                "PPOConfig.kl_in_loss=True with kl_estimator='k1': the gradient of k1 in the loss does not depend "
+                "on the reference model (it regularises nothing); use kl_estimator='k3' (GRPO) or 'k2'"
             )
         batch = self.rollout_batch_size * self.num_generations
         if batch % self.mini_batch_size:
@@ -169,10 +232,15 @@ class PPOConfig:
             raise ValueError(
                 f"PPOConfig.micro_batch_size={self.micro_batch_size} must divide mini_batch_size={self.mini_batch_size}"
             )
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"PPOConfig.gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
-        if self.kl_coef < 0:
-            raise ValueError(f"PPOConfig.kl_coef must be >= 0, got {self.kl_coef}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not math.isfinite(self.kl_coef) or self.kl_coef < 0:
+            raise ValueError(f"PPOConfig.kl_coef must be a finite number >= 0, got {self.kl_coef}")
+        for name in ("clip_eps", "clip_eps_high", "value_clip_eps"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {value}")
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
 

@@ -1,8 +1,12 @@
 """KL to the reference model: per-token estimators and the fixed / adaptive coefficient controllers.
 
-Both estimators are unbiased for KL(policy || ref) when tokens are sampled from the policy (Schulman,
-"Approximating KL Divergence", 2020): k1 = log p - log q is the one used as a per-token reward penalty in
-RLHF PPO; k3 = (q/p) - log(q/p) - 1 is always >= 0 and has lower variance, the usual choice for KL-in-loss.
+With r = q/p (q the reference, p the policy, tokens sampled from p), Schulman's "Approximating KL
+Divergence" (2020) estimators of KL(p || q):
+    k1 = -log r                 unbiased; the per-token reward penalty of RLHF PPO (Ziegler et al. 2019)
+    k2 = 0.5 * (log r)^2        biased, but its gradient on policy samples is the KL's gradient
+    k3 = r - log r - 1          unbiased, always >= 0, lower variance; GRPO's KL-in-loss term
+As a *loss* term the choice matters: the expected gradient of k1 with respect to the policy is zero whatever the
+reference (E_p[grad log p] = 0), so k1 in the loss regularises nothing; k2 and k3 pull towards the reference.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
     if estimator == "k3":
         # clamp: exp of a large negative log-ratio difference overflows to inf in float32
         neg = (-log_ratio).clamp(max=20.0)
         return torch.exp(neg) - neg - 1.0
-    raise ValueError(f"kl estimator must be 'k1' or 'k3', got {estimator!r}")
+    raise ValueError(f"kl estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
 
 
 class FixedKLController:

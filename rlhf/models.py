@@ -134,3 +134,35 @@ class Critic(nn.Module):
         from safetensors.torch import load_file
 
         self.load_state_dict(load_file(str(Path(directory) / "critic.safetensors")))
+
+
+def build_critic(
+    init: str,
+    policy: PreTrainedModel,
+    reward_model: PreTrainedModel | None = None,
+    value_model: nn.Module | None = None,
+    gradient_checkpointing: bool = False,
+    fuse: bool = True,
+) -> nn.Module:
+    """The critic GAE needs: `value_model` when given; else a copy of the reward model (`init='reward_model'`,
+    N+ detail) or of the policy's body with a fresh head (`'policy'`); 'auto' = the reward model if there is one.
+    Dropout off, activation checkpointing and fused activations as for the policy."""
+    if value_model is not None:
+        critic = value_model
+    else:
+        if init == "auto":
+            init = "reward_model" if reward_model is not None else "policy"
+        if init == "reward_model":
+            if reward_model is None:
+                raise ValueError(
+                    "critic_init='reward_model' needs a reward model in reward_funcs; use 'policy'"
+                )
+            critic = Critic.from_reward_model(reward_model)
+        else:
+            critic = Critic.from_policy(policy)
+    disable_dropout(critic)
+    if gradient_checkpointing:
+        enable_activation_checkpointing(getattr(critic, "backbone", critic))
+    if fuse:
+        fuse_activations(critic)
+    return critic

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from transformers import (
 )
 
 from rlhf.hub import load_model_config
+from rlhf.models import disable_dropout, fuse_activations
 
 
 class RewardModel:
@@ -168,3 +170,74 @@ def compute_rewards(
             raise RuntimeError(f"reward function {name!r} raised {type(err).__name__}: {err}{where}") from err
         rows.append(check_rewards(name, values, prompts, prompt_indices))
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def build_reward_funcs(
+    reward_funcs: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
+    device: torch.device | str = "cpu",
+    trust_remote_code: bool = False,
+    fuse: bool = True,
+) -> list[Callable]:
+    """The trainer's `reward_funcs` argument (one or a list of Python functions, reward-model ids / paths /
+    models) as a list of callables with one signature. Reward models go to `device` in eval mode, dropout off
+    (N+ detail), with fused activations when `fuse`."""
+    funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    if not funcs:
+        raise ValueError("reward_funcs: give at least one reward function or reward model")
+    rm_tokenizers = reward_processing_classes
+    if not isinstance(rm_tokenizers, list):
+        rm_tokenizers = [rm_tokenizers] * len(funcs)
+    out: list[Callable] = []
+    for i, (func, rm_tok) in enumerate(zip(funcs, rm_tokenizers)):
+        if isinstance(func, str | PreTrainedModel):
+            rm = load_reward_model(
+                func,
+                rm_tok or (tokenizer if not isinstance(func, str) else None),
+                trust_remote_code,
+                field=f"reward_funcs[{i}]",
+            )
+            rm.model.to(device)
+            disable_dropout(rm.model)
+            if fuse:
+                fuse_activations(rm.model)
+            out.append(rm)
+        elif callable(func):
+            out.append(func)
+        else:
+            raise TypeError(
+                f"reward_funcs[{i}]: expected a callable, a model id/path or a model, got {func!r}"
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the score stage returns. raw (num_funcs, batch): each reward function's own output; total (batch,):
+    the weighted sum the estimator sees, with the EOS penalty applied; ended_with_eos (batch,) bool."""
+
+    raw: torch.Tensor
+    total: torch.Tensor
+    ended_with_eos: torch.Tensor
+
+
+def score(
+    reward_funcs: Sequence[Callable],
+    weights: torch.Tensor,
+    prompts: list[Any],
+    completions: list[str],
+    columns: dict[str, list],
+    ended_with_eos: torch.Tensor,
+    missing_eos_penalty: float | None = None,
+    prompt_indices: Sequence[int] | None = None,
+) -> Scores:
+    """Every reward function on every completion, weighted and summed: total = sum_i weights_i * raw_i, except
+    that a completion that never emitted EOS gets `missing_eos_penalty` when it is set (N+ 'EOS trick').
+    Weight-0 functions are computed and logged but do not train."""
+    raw = compute_rewards(reward_funcs, prompts, completions, columns, prompt_indices)  # (funcs, batch)
+    raw = raw.to(ended_with_eos.device)
+    total = (weights.to(raw.device)[:, None] * raw).sum(0)  # (batch,)
+    if missing_eos_penalty is not None:
+        total = torch.where(ended_with_eos, total, torch.full_like(total, missing_eos_penalty))
+    return Scores(raw, total, ended_with_eos)

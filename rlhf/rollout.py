@@ -7,8 +7,10 @@ including its first EOS; everything after is padding (`response_mask` 0).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -16,39 +18,47 @@ from transformers.cache_utils import DynamicLayer
 
 from classic.functional import entropy_from_logits, logprobs_from_logits
 
+T = TypeVar("T")
 
-@dataclass
-class Rollout:
-    """One batch of completions and everything the update needs. Shapes: (batch, prompt_len) for query_*,
-    (batch, response_len) for the per-token tensors, (batch,) for scores."""
+
+def select_rows(obj: T, idx: torch.Tensor | slice) -> T:
+    """The rows `idx` of every tensor field of a dataclass of batch tensors (a minibatch or microbatch);
+    non-tensor fields and None are kept as they are."""
+    return dataclasses.replace(
+        obj,
+        **{
+            f.name: v[idx]
+            for f in dataclasses.fields(obj)
+            if isinstance(v := getattr(obj, f.name), torch.Tensor) and v.dim() > 0
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What a `Generator` returns: left-padded prompts and their completions. Shapes: (batch, prompt_len) for
+    query_*, (batch, response_len) for response_* and sampled_logprobs. A completion's tokens run up to and including
+    its first EOS; response_mask is 1 there and 0 after (built from positions, never from PAD ids, so PAD may equal
+    EOS)."""
 
     query_ids: torch.Tensor
     query_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    old_logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    old_values: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
+    # log-prob of each sampled token under the sampling policy at the sampling temperature, when the sampler
+    # computed them on the way (the lean sampler does; `model.generate` does not)
+    sampled_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
-    def select(self, idx: torch.Tensor) -> Rollout:
-        """The rows `idx` of every tensor (a minibatch or microbatch)."""
-        return Rollout(
-            **{f.name: None if (v := getattr(self, f.name)) is None else v[idx] for f in fields(self)}
-        )
+    def select(self, idx: torch.Tensor | slice) -> Samples:
+        return select_rows(self, idx)
 
     @property
-    def input_ids(self) -> torch.Tensor:
-        return torch.cat([self.query_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.query_mask, self.response_mask], dim=1)
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query_ids, query_mask, response_ids, response_mask): the arguments of forward_logprobs/values."""
+        return self.query_ids, self.query_mask, self.response_ids, self.response_mask
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
@@ -244,16 +254,16 @@ def generate(
     temperature: float,
     top_k: int,
     top_p: float,
-    eos_token_id: int,
+    eos_token_id: int | list[int],
     pad_token_id: int,
     synced_gpus: bool = False,
-) -> Rollout:
-    """Sample completions for left-padded queries. Returns a Rollout with response ids and mask, and, when the
-    lean sampler was used, `old_logprobs` (the sampled tokens' log-probs at `temperature`); `model.generate`
-    is used when top-k / top-p filtering or other logits processors are asked for."""
-    old_logprobs = None
+) -> Samples:
+    """Sample completions for left-padded queries: the lean sampler (`sample`, which also returns the sampled
+    tokens' log-probs) when it reproduces `model.generate`, else `model.generate` (top-k / top-p filtering or other
+    logits processors; FSDP / ZeRO-3, where every rank must run the same number of forwards)."""
+    sampled_logprobs = None
     if lean_sampling_supported(model, top_k, top_p, synced_gpus):
-        response_ids, old_logprobs = sample(
+        response_ids, sampled_logprobs = sample(
             model, query_ids, query_mask, max_new_tokens, temperature, eos_token_id, pad_token_id
         )
     else:
@@ -274,13 +284,52 @@ def generate(
     response_ids = torch.where(
         response_mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id)
     )
-    return Rollout(
-        query_ids=query_ids,
-        query_mask=query_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        old_logprobs=old_logprobs,
-    )
+    return Samples(query_ids, query_mask, response_ids, response_mask, sampled_logprobs)
+
+
+class Generator:
+    """Left-padded prompts in, `Samples` out: the generation stage of the RLHF step.
+
+    The in-process generator samples from the live policy module (`sync_weights` just points it at the module,
+    no copy). This is the seam for an external engine (vLLM, SGLang): such a generator must return the same
+    `Samples` (masks from positions, `sampled_logprobs` only if it computes them at the sampling temperature
+    with the trained weights) and, in `sync_weights`, make the engine sample from the policy's current weights;
+    the trainer calls `sync_weights` after every update and before the first generation."""
+
+    def __init__(
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        eos_token_id: int | list[int],
+        pad_token_id: int,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        synced_gpus: bool = False,
+    ) -> None:
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.top_k, self.top_p = top_k, top_p
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.synced_gpus = synced_gpus
+        self.model: torch.nn.Module | None = None
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> Samples:
+        if self.model is None:
+            raise RuntimeError("Generator.generate before sync_weights: no policy to sample from")
+        return generate(
+            self.model,
+            query_ids,
+            query_mask,
+            self.max_new_tokens,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.eos_token_id,
+            self.pad_token_id,
+            synced_gpus=self.synced_gpus,
+        )
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:

@@ -1,17 +1,18 @@
-"""PPOTrainer: PPO with a critic, REINFORCE with baseline, RLOO and GRPO on a causal LM, built on accelerate.
+"""PPOTrainer: PPO with a critic, REINFORCE++, RLOO and GRPO on a causal LM, built on accelerate.
 
-One step, top to bottom (`train`):
-    prompts ─ left-pad ─► generate ─► completions
-      ─► scores = Σ_i weight_i · reward_func_i(prompts, completions, **columns)
-      ─► old_logprobs, ref_logprobs, old values (no grad)
-      ─► per-token rewards (score at the last token − β·KL_t) ─► advantages, returns
-      ─► for epoch, minibatch, microbatch: clipped policy loss + vf_coef · value loss → backward
-      ─► metrics, KL controller, checkpoint
-The math is `classic.functional` (the PPO that solves CartPole); this file only composes it.
+One step, top to bottom (`train`), each stage a function of rlhf/ with typed inputs and outputs:
+    prompts ─ left-pad ─► Generator.generate        ─► Samples       (rollout.py)
+      ─► score(reward_funcs, weights, ...)          ─► Scores        (rewards.py)
+      ─► annotate(policy, reference, critic, ...)   ─► Annotations   (experience.py: old / ref log-probs, values)
+      ─► make_experience(estimator, ...)            ─► Experience    (experience.py, advantages.py)
+      ─► update: for epoch, minibatch, microbatch: sums of per-token losses / the step's denominator → backward
+      ─► Generator.sync_weights ─► metrics reduced over ranks ─► KL controller ─► checkpoint
+The math is `classic.functional` (the PPO that solves CartPole) and rlhf/losses.py; this file composes it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -26,19 +27,21 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from classic import functional as F
 from classic.runlog import MetricsWriter, read_metrics
 from rlhf import checkpoint as ckpt_io
-from rlhf.advantages import compute_advantages
+from rlhf.advantages import get_estimator
 from rlhf.config import PPOConfig
+from rlhf.experience import Experience, annotate, make_experience
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from rlhf.losses import denominator_share, policy_loss, token_weights
 from rlhf.models import (
-    Critic,
+    build_critic,
     disable_dropout,
     enable_activation_checkpointing,
     ensure_pad_token,
     fuse_activations,
     load_policy,
 )
-from rlhf.rewards import RewardModel, compute_rewards, load_reward_model, reward_name
-from rlhf.rollout import Rollout, ends_with_eos, forward_logprobs, forward_values, generate
+from rlhf.rewards import RewardModel, Scores, build_reward_funcs, reward_name, score
+from rlhf.rollout import Generator, Samples, ends_with_eos, forward_logprobs, forward_values
 
 RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
 
@@ -71,9 +74,10 @@ class PPOTrainer:
         value_model: torch.nn.Module | None = None,
         ref_model: PreTrainedModel | None = None,
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
     ) -> None:
         self.args = args = args or PPOConfig()
-        self.accelerator = Accelerator(
+        self.accelerator = acc = Accelerator(
             # without cpu=True, accelerate treats processes started by `accelerate launch --multi_gpu` on a
             # machine with no accelerator as independent single-process runs (gloo is never used)
             cpu=not _has_accelerator(),
@@ -82,9 +86,10 @@ class PPOTrainer:
             log_with=args.report_to or None,
             project_dir=args.output_dir,
         )
-        # every rank samples different completions (N+ detail: seed + rank * 100003)
-        rank = self.accelerator.process_index
-        torch.manual_seed(args.seed + rank * 100003)
+        self.estimator = get_estimator(args.advantage_estimator)
+        # models are built from the same seed on every rank (a fresh critic head, LoRA's A matrices); sampling
+        # then draws per rank (below)
+        torch.manual_seed(args.seed)
 
         # --- policy, tokenizer, reference ---------------------------------------------------------------
         policy = load_policy(model, args.trust_remote_code, field="model")
@@ -100,8 +105,6 @@ class PPOTrainer:
         if args.fuse_activations:  # before the reference and critic copies are made, so they share it
             fuse_activations(policy)
         if ref_model is None and peft_config is None and self.needs_reference:
-            import copy
-
             ref_model = copy.deepcopy(policy)
         if peft_config is not None:
             from peft import get_peft_model
@@ -116,37 +119,19 @@ class PPOTrainer:
             disable_dropout(ref_model)
             if args.fuse_activations:
                 fuse_activations(ref_model)
-            ref_model = ref_model.eval().requires_grad_(False).to(self.accelerator.device)
+            ref_model = ref_model.eval().requires_grad_(False).to(acc.device)
         self.ref_model = ref_model
         self.use_peft = peft_config is not None
 
-        # --- rewards -------------------------------------------------------------------------------------
-        funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        if not funcs:
-            raise ValueError("reward_funcs: give at least one reward function or reward model")
-        rm_tokenizers = reward_processing_classes
-        if not isinstance(rm_tokenizers, list):
-            rm_tokenizers = [rm_tokenizers] * len(funcs)
-        self.reward_funcs: list[Callable] = []
-        for i, (func, rm_tok) in enumerate(zip(funcs, rm_tokenizers)):
-            if isinstance(func, str | PreTrainedModel):
-                rm = load_reward_model(
-                    func,
-                    rm_tok or (tokenizer if not isinstance(func, str) else None),
-                    args.trust_remote_code,
-                    field=f"reward_funcs[{i}]",
-                )
-                rm.model.to(self.accelerator.device)
-                disable_dropout(rm.model)
-                if args.fuse_activations:
-                    fuse_activations(rm.model)
-                self.reward_funcs.append(rm)
-            elif callable(func):
-                self.reward_funcs.append(func)
-            else:
-                raise TypeError(
-                    f"reward_funcs[{i}]: expected a callable, a model id/path or a model, got {func!r}"
-                )
+        # --- rewards and the critic (only estimators that declare needs_critic get one) -----------------------
+        self.reward_funcs = build_reward_funcs(
+            reward_funcs,
+            tokenizer,
+            reward_processing_classes,
+            acc.device,
+            args.trust_remote_code,
+            args.fuse_activations,
+        )
         self.reward_names = [reward_name(f) for f in self.reward_funcs]
         weights = args.reward_weights or [1.0] * len(self.reward_funcs)
         if len(weights) != len(self.reward_funcs):
@@ -154,68 +139,62 @@ class PPOTrainer:
                 f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward functions"
             )
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
-
-        # --- critic (only GAE needs one) ------------------------------------------------------------------
         critic = None
-        if args.advantage_estimator == "gae":
-            reward_models = [f for f in self.reward_funcs if isinstance(f, RewardModel)]
-            init = args.critic_init
-            if init == "auto":
-                init = "reward_model" if reward_models else "policy"
-            if value_model is not None:
-                critic = value_model
-            elif init == "reward_model":
-                if not reward_models:
-                    raise ValueError(
-                        "critic_init='reward_model' needs a reward model in reward_funcs; use 'policy'"
-                    )
-                critic = Critic.from_reward_model(reward_models[0].model)
-            else:
-                base = policy.get_base_model() if self.use_peft else policy
-                critic = Critic.from_policy(base)
-            disable_dropout(critic)
-            if args.gradient_checkpointing:
-                enable_activation_checkpointing(critic.backbone)
-            if args.fuse_activations:
-                fuse_activations(critic)
+        if self.estimator.needs_critic:
+            reward_models = [f.model for f in self.reward_funcs if isinstance(f, RewardModel)]
+            critic = build_critic(
+                args.critic_init,
+                policy.get_base_model() if self.use_peft else policy,
+                reward_models[0] if reward_models else None,
+                value_model,
+                args.gradient_checkpointing,
+                args.fuse_activations,
+            )
 
         # --- data ----------------------------------------------------------------------------------------
         self._prepare_dataset(train_dataset, policy)
 
         # --- optimisers, accelerate ---------------------------------------------------------------------
-        policy_opt = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad],
-            lr=args.learning_rate,
-            eps=args.adam_eps,
-            weight_decay=args.weight_decay,
+        opt_cls, opt_kwargs = optimizer_cls_and_kwargs or (
+            torch.optim.AdamW,
+            {"eps": args.adam_eps, "weight_decay": args.weight_decay},
+        )
+        policy_opt = opt_cls(
+            [p for p in policy.parameters() if p.requires_grad], lr=args.learning_rate, **opt_kwargs
         )
         self.schedulers = [self._scheduler(policy_opt)]
-        if critic is not None:
-            critic_opt = torch.optim.AdamW(
-                critic.parameters(),
-                lr=args.critic_learning_rate,
-                eps=args.adam_eps,
-                weight_decay=args.weight_decay,
+        if critic is not None and acc.distributed_type == DistributedType.DEEPSPEED:
+            # accelerate drives one DeepSpeed engine per Accelerator (its backward goes to the last one)
+            raise ValueError(
+                "advantage_estimator='gae' trains a critic next to the policy, and accelerate's DeepSpeed "
+                "integration supports one trained model per Accelerator: use DDP or FSDP for gae, or a "
+                "critic-free estimator (rloo, grpo, reinforce_baseline, reinforce_pp) with DeepSpeed"
             )
+        # one model per prepare call: FSDP2 refuses two models in the same call
+        self.policy, self.policy_opt = acc.prepare(policy, policy_opt)
+        self.critic = self.critic_opt = None
+        if critic is not None:
+            critic_opt = opt_cls(critic.parameters(), lr=args.critic_learning_rate, **opt_kwargs)
             self.schedulers.append(self._scheduler(critic_opt))
-            if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-                # accelerate drives one DeepSpeed engine per Accelerator (its backward goes to the last one)
-                raise ValueError(
-                    "advantage_estimator='gae' trains a critic next to the policy, and accelerate's DeepSpeed "
-                    "integration supports one trained model per Accelerator: use DDP or FSDP for gae, or a "
-                    "critic-free estimator (rloo, grpo, reinforce_baseline) with DeepSpeed"
-                )
-            # one model per prepare call: FSDP2 refuses two models in the same call
-            self.policy, self.policy_opt = self.accelerator.prepare(policy, policy_opt)
-            self.critic, self.critic_opt = self.accelerator.prepare(critic, critic_opt)
-        else:
-            self.policy, self.policy_opt = self.accelerator.prepare(policy, policy_opt)
-            self.critic = self.critic_opt = None
+            self.critic, self.critic_opt = acc.prepare(critic, critic_opt)
         if args.adaptive_kl:
             self.kl_ctl: Any = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
         else:
             self.kl_ctl = FixedKLController(args.kl_coef)
+        self.generator = Generator(
+            args.max_new_tokens,
+            args.temperature,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            args.top_k,
+            args.top_p,
+            # FSDP / ZeRO-3 shard the weights: every rank must run the same number of forward passes
+            synced_gpus=acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED),
+        )
+        self.generator.sync_weights(acc.unwrap_model(self.policy))
         self.step = 0
+        # every rank samples different completions (N+ detail: seed + rank * 100003)
+        torch.manual_seed(args.seed + acc.process_index * 100003)
 
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -298,208 +277,232 @@ class PPOTrainer:
     def _micro_batches(self, n: int) -> list[torch.Tensor]:
         return list(torch.arange(n, device=self.accelerator.device).split(self.args.micro_batch_size))
 
+    def _reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over all processes (the identity on one)."""
+        return self.accelerator.reduce(x, reduction="sum") if self.accelerator.num_processes > 1 else x
+
+    # --- the forward passes the annotate stage runs (no gradients) ------------------------------------------
+    def _policy_logprobs(self, samples: Samples) -> torch.Tensor:
+        with self.accelerator.autocast():
+            return forward_logprobs(self.policy, *samples.inputs, self.args.temperature)[0]
+
+    def _reference_logprobs(self, samples: Samples) -> torch.Tensor:
+        with self.accelerator.autocast():
+            if self.use_peft:  # LoRA: the reference is the same network with its adapters off
+                with self.accelerator.unwrap_model(self.policy).disable_adapter():
+                    return forward_logprobs(self.policy, *samples.inputs, self.args.temperature)[0]
+            return forward_logprobs(self.ref_model, *samples.inputs, self.args.temperature)[0]
+
+    def _critic_values(self, samples: Samples) -> torch.Tensor:
+        with self.accelerator.autocast():
+            return forward_values(self.critic, *samples.inputs)
+
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, indices: list[int]) -> tuple[Rollout, dict[str, float]]:
-        """Generate, score and annotate one batch: everything the update needs, with no gradients."""
-        args, acc = self.args, self.accelerator
-        timings = {}
-        t0 = time.perf_counter()
+    def rollout(self, indices: list[int]) -> tuple[Experience, dict[str, float]]:
+        """generate -> score -> annotate -> make_experience for the dataset rows `indices`: everything the update
+        needs, with no gradients. Each stage is a function of rlhf/ that a test can call alone."""
+        args = self.args
         # each prompt's num_generations completions are consecutive rows (a group)
         rows = [i for i in indices for _ in range(args.num_generations)]
-        query_ids, query_mask = self._left_pad([self.prompt_ids[i] for i in rows])
         # eval mode for generation and scoring: with activation checkpointing on, a model in training mode
         # drops its KV cache (dropout is 0 in both modes, so nothing else changes)
         self._set_training(False)
-        policy = acc.unwrap_model(self.policy)
-        synced = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        with acc.autocast():
-            batch = generate(
-                policy,
-                query_ids,
-                query_mask,
-                args.max_new_tokens,
-                args.temperature,
-                args.top_k,
-                args.top_p,
-                self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id,
-                synced_gpus=synced,
-            )
-        timings["time/generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        completions = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        with self.accelerator.autocast():
+            samples = self.generator.generate(*self._left_pad([self.prompt_ids[i] for i in rows]))
+
+        t1 = time.perf_counter()
+        completions = self.tokenizer.batch_decode(samples.response_ids, skip_special_tokens=True)
         prompts = [self.prompts[i] for i in rows]
-        columns = {k: [v[i] for i in rows] for k, v in self.columns.items()}
-        raw = compute_rewards(
-            self.reward_funcs, prompts, completions, columns, prompt_indices=rows
-        )  # (funcs, B)
-        scores = (self.reward_weights[:, None] * raw).sum(0).to(acc.device)  # (batch,)
-        eos = ends_with_eos(batch.response_ids, batch.response_mask, self.tokenizer.eos_token_id)
-        if args.missing_eos_penalty is not None:
-            scores = torch.where(eos, scores, torch.full_like(scores, args.missing_eos_penalty))
-        batch.scores = scores
-
-        # the lean sampler returns the sampled tokens' log-probs (same weights, same temperature), which saves a
-        # forward pass; under bf16 autocast the incremental and full-sequence passes round differently, so there
-        # the behaviour log-probs are recomputed by the same full-sequence pass the update uses
-        sampled_logprobs = None if args.bf16 else batch.old_logprobs
-        old_logprobs, ref_logprobs, old_values = [], [], []
-        need_old = sampled_logprobs is None and (
-            self._updates_per_rollout > 1 or (self.needs_reference and not args.kl_in_loss)
+        scores = score(
+            self.reward_funcs,
+            self.reward_weights,
+            prompts,
+            completions,
+            {k: [v[i] for i in rows] for k, v in self.columns.items()},
+            ends_with_eos(samples.response_ids, samples.response_mask, self.tokenizer.eos_token_id),
+            args.missing_eos_penalty,
+            prompt_indices=rows,
         )
-        for mb in self._micro_batches(len(batch)):
-            micro = batch.select(mb)
-            inputs = (micro.query_ids, micro.query_mask, micro.response_ids, micro.response_mask)
-            with acc.autocast():
-                if need_old:
-                    old_logprobs.append(forward_logprobs(self.policy, *inputs, args.temperature)[0])
-                if self.needs_reference:
-                    if self.use_peft:
-                        with acc.unwrap_model(self.policy).disable_adapter():
-                            ref_logprobs.append(forward_logprobs(self.policy, *inputs, args.temperature)[0])
-                    else:
-                        ref_logprobs.append(forward_logprobs(self.ref_model, *inputs, args.temperature)[0])
-                if self.critic is not None:
-                    old_values.append(forward_values(self.critic, *inputs))
-        mask = batch.response_mask
-        batch.old_logprobs = torch.cat(old_logprobs) if old_logprobs else sampled_logprobs
-        batch.ref_logprobs = torch.cat(ref_logprobs) if ref_logprobs else None
-        batch.old_values = torch.cat(old_values) if old_values else None
 
-        # KL in the reward (classic RLHF) needs it per token now; KL-in-loss is computed during the update
-        kl = torch.zeros_like(mask)
-        if batch.ref_logprobs is not None and batch.old_logprobs is not None:
-            kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, args.kl_estimator) * mask
-        kl_in_reward = 0.0 if args.kl_in_loss else self.kl_ctl.value
-        advantages, returns = compute_advantages(
-            args.advantage_estimator,
-            scores,
-            kl,
-            kl_in_reward,
-            mask,
-            args.num_generations,
-            batch.old_values,
-            args.gamma,
-            args.lam,
+        t2 = time.perf_counter()
+        annotations = annotate(
+            samples,
+            self._policy_logprobs,
+            self._reference_logprobs if self.needs_reference else None,
+            self._critic_values if self.critic is not None else None,
+            args.micro_batch_size,
+            # under bf16 autocast the sampler's incremental passes round differently from the update's
+            sampled_logprobs_exact=not args.bf16,
+            updates_per_rollout=self._updates_per_rollout,
+            kl_in_reward=not args.kl_in_loss,
         )
-        if args.advantage_estimator == "gae" and args.whiten_advantages:
-            advantages = self._whiten(advantages, mask)
-        batch.advantages, batch.returns = advantages, returns
-        timings["time/score"] = time.perf_counter() - t0
+        experience = make_experience(samples, scores, annotations, args, self.kl_ctl.value, self._reduce_sum)
+        t3 = time.perf_counter()
 
-        stats = {
-            "reward": scores.mean().item(),
-            "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-            **{f"reward/{n}": raw[j].mean().item() for j, n in enumerate(self.reward_names)},
-            "completion_length": mask.sum(1).float().mean().item(),
-            "eos_fraction": eos.float().mean().item(),
-            "kl": kl.sum(1).mean().item()
-            if batch.ref_logprobs is not None and batch.old_logprobs is not None
-            else None,
-            "generated_tokens": float(mask.sum().item()),
-            **timings,
-        }
-        if batch.old_values is not None:
-            stats["explained_variance"] = F.explained_variance(batch.old_values, returns, mask).item()
+        stats = self._rollout_stats(experience, scores)
+        stats.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/annotate": t3 - t2})
         self._samples = (prompts[:4], completions[:4])
-        return batch, stats
+        return experience, stats
 
-    def _whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked whitening with mean and variance over *all* ranks' tokens."""
-        stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()])
-        total, total_sq, count = self.accelerator.reduce(stats, reduction="sum")
-        mean = total / count
-        var = (total_sq / count - mean**2) * count / (count - 1).clamp(min=1)
-        return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+    def _rollout_stats(self, exp: Experience, scores: Scores) -> dict[str, float | None]:
+        mask, total = exp.response_mask, scores.total
+        lengths = mask.sum(1)
+        stats: dict[str, float | None] = {
+            "reward": total.mean().item(),
+            "reward_std": total.std().item() if len(total) > 1 else 0.0,
+            "completion_length": lengths.mean().item(),
+            "eos_fraction": scores.ended_with_eos.float().mean().item(),
+            "kl": exp.kl.sum(1).mean().item() if exp.kl is not None else None,
+            "generated_tokens": float(lengths.sum().item()),
+        }
+        for j, name in enumerate(self.reward_names):
+            stats[f"reward/{name}"] = scores.raw[j].mean().item()
+        if self.args.num_generations > 1:  # groups whose completions all scored the same teach nothing
+            groups = total.view(-1, self.args.num_generations)
+            stats["zero_std_group_fraction"] = (groups.std(dim=1) == 0).float().mean().item()
+        if exp.old_values is not None:
+            stats["explained_variance"] = F.explained_variance(exp.old_values, exp.returns, mask).item()
+        return stats
 
     @property
     def _updates_per_rollout(self) -> int:
         return self.args.num_ppo_epochs * (self.args.batch_size // self.args.mini_batch_size)
 
     # ------------------------------------------------------------------------------------------------------
-    def update(self, batch: Rollout) -> dict[str, float]:
-        """PPO epochs over minibatches, each accumulated over microbatches; one optimizer step per minibatch."""
+    def update(self, experience: Experience) -> dict[str, float]:
+        """PPO epochs over minibatches, each accumulated over microbatches; one optimizer step per minibatch.
+
+        Each microbatch's loss is sum_t weight_t * loss_t / D, with D the denominator of its whole optimizer
+        step (all microbatches, all ranks; rlhf.losses), so the gradient does not depend on micro_batch_size
+        or on the number of processes. Returns the update's metrics, already reduced over ranks."""
         args, acc = self.args, self.accelerator
-        sums: dict[str, float] = {}
-        n_micro = 0
         models = [m for m in (self.policy, self.critic) if m is not None]
+        # accelerator.backward divides the loss by gradient_accumulation_steps, and DDP / FSDP / DeepSpeed
+        # average gradients over ranks: undo both, so that the step's gradient is that of the loss above
+        scale = acc.num_processes * args.gradient_accumulation_steps
+        sums: dict[str, torch.Tensor] = {}  # summed over ranks at the end
+        norms: dict[str, torch.Tensor] = {}  # already the same on every rank
+        n_steps = 0
         self._set_training(True)  # transformers checkpoints activations only in training mode
         for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(len(batch), device=acc.device)
+            order = torch.randperm(len(experience), device=acc.device)
             for mini_idx in order.split(args.mini_batch_size):
-                for micro_idx in mini_idx.split(args.micro_batch_size):
-                    micro = batch.select(micro_idx)
+                minibatch = experience.select(mini_idx)
+                share = denominator_share(minibatch.loss_mask, args.loss_type, args.max_new_tokens)
+                denominator = self._reduce_sum(share).clamp(min=1)  # one small all-reduce per optimizer step
+                for start in range(0, len(minibatch), args.micro_batch_size):
+                    micro = minibatch.select(slice(start, start + args.micro_batch_size))
                     with acc.accumulate(*models), acc.autocast():
-                        stats = self._loss_and_backward(micro)
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_micro += 1
+                        self._loss_and_backward(micro, denominator, scale, sums)
                     if acc.sync_gradients:
-                        self._optimizer_step()
+                        for k, v in self._optimizer_step().items():
+                            norms[k] = norms.get(k, 0.0) + v
+                        n_steps += 1
         for sched in self.schedulers:
             sched.step()
-        return {k: v / n_micro for k, v in sums.items()}
+        keys = sorted(sums)
+        total = dict(zip(keys, self._reduce_sum(torch.stack([sums[k] for k in keys])).tolist()))
+        tokens = max(total.pop("tokens"), 1.0)
+        stats = {k: total.pop(k) / n_steps for k in ("policy_loss", "value_loss", "kl_loss") if k in total}
+        if "kl_sum" in total:  # the on-policy KL statistic (Annotations: no old_logprobs before the update)
+            stats["kl"] = total.pop("kl_sum") / max(total.pop("kl_rows"), 1.0)
+        stats.update({k: v / tokens for k, v in total.items()})  # token means
+        stats["clip_fraction"] = stats["clip_fraction_low"] + stats["clip_fraction_high"]
+        stats.update({k: float(v) / n_steps for k, v in norms.items()})
+        return stats
 
     def _set_training(self, mode: bool) -> None:
         for model in (self.policy, self.critic):
             if model is not None:
                 model.train(mode)
 
-    def _loss_and_backward(self, micro: Rollout) -> dict[str, float]:
+    def _loss_and_backward(
+        self, micro: Experience, denominator: torch.Tensor, scale: float, sums: dict[str, torch.Tensor]
+    ) -> None:
+        """Forward, loss and backward of one microbatch; adds its detached statistics to `sums`."""
         args = self.args
-        mask = micro.response_mask
-        inputs = (micro.query_ids, micro.query_mask, micro.response_ids, micro.response_mask)
+
+        def add(key: str, value: torch.Tensor) -> None:
+            sums[key] = sums[key] + value.detach() if key in sums else value.detach().float()
+
+        mask = micro.loss_mask
+        weights = token_weights(mask, args.loss_type)  # (micro, T)
         # the entropy is only logged unless it is in the loss: then no graph through the full-vocab softmax
         logprobs, entropy = forward_logprobs(
-            self.policy, *inputs, args.temperature, with_entropy=True, entropy_grad=args.entropy_coef != 0
+            self.policy,
+            *micro.inputs,
+            args.temperature,
+            with_entropy=True,
+            entropy_grad=args.entropy_coef != 0,
         )
         # one update per rollout: the current policy *is* the behaviour policy, its log-probs need no extra pass
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-        policy_loss, clip_fraction, approx_kl = F.ppo_policy_loss(
-            logprobs, old_logprobs, micro.advantages, args.clip_eps, mask
+        terms = policy_loss(
+            logprobs,
+            old_logprobs,
+            micro.advantages,
+            mask,
+            args.clip_eps,
+            args.clip_eps_high,
+            args.importance_sampling_level,
         )
-        entropy_mean = F.masked_mean(entropy, mask)
-        loss = policy_loss - args.entropy_coef * entropy_mean if args.entropy_coef else policy_loss
-        stats = {
-            "policy_loss": policy_loss.item(),
-            "clip_fraction": clip_fraction.item(),
-            "approx_kl": approx_kl.item(),
-            "entropy": entropy_mean.item(),
-        }
-        if args.kl_in_loss and micro.ref_logprobs is not None:
-            kl_loss = F.masked_mean(kl_penalty(logprobs, micro.ref_logprobs, args.kl_estimator), mask)
-            loss = loss + self.kl_ctl.value * kl_loss
-            stats["kl_loss"] = kl_loss.item()
+        per_token = terms.loss
+        if args.entropy_coef:
+            per_token = per_token - args.entropy_coef * entropy
+        if micro.ref_logprobs is not None:
+            kl = kl_penalty(logprobs, micro.ref_logprobs, args.kl_estimator)
+            if args.kl_in_loss:
+                per_token = per_token + self.kl_ctl.value * kl
+                add("kl_loss", (kl * weights).sum() / denominator)
+            if micro.kl is None:
+                add("kl_sum", (kl * micro.response_mask).sum())
+                add("kl_rows", torch.tensor(float(len(micro)), device=mask.device))
         # policy and critic are separate networks, so backward(policy_loss) + backward(vf_coef * value_loss) gives
         # the gradients of their sum; doing it in two passes frees the policy's graph before the critic's is built
         # (peak memory is the larger graph, not both)
-        self.accelerator.backward(loss)
+        self.accelerator.backward((per_token * weights).sum() / denominator * scale)
+        add("policy_loss", (terms.loss * weights).sum() / denominator)
+        add("tokens", mask.sum())
+        add("clip_fraction_low", (terms.clipped_low * mask).sum())
+        add("clip_fraction_high", (terms.clipped_high * mask).sum())
+        add("approx_kl", (terms.approx_kl * mask).sum())
+        add("entropy", (entropy * mask).sum())
         if self.critic is not None:
-            values = forward_values(self.critic, *inputs)
-            v_loss, v_clip = F.value_loss(values, micro.old_values, micro.returns, args.value_clip_eps, mask)
-            self.accelerator.backward(args.vf_coef * v_loss)
-            stats["value_loss"] = v_loss.item()
-            stats["value_clip_fraction"] = v_clip.item()
-        return stats
+            values = forward_values(self.critic, *micro.inputs)
+            error, clipped = F.clipped_value_error(
+                values, micro.old_values, micro.returns, args.value_clip_eps
+            )
+            value_loss = (error * weights).sum() / denominator
+            self.accelerator.backward(args.vf_coef * value_loss * scale)
+            add("value_loss", value_loss)
+            add("value_clip_fraction", (clipped * mask).sum())
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> dict[str, torch.Tensor]:
+        """Clip, step and zero each trained model; returns their gradient norms (before clipping)."""
         acc = self.accelerator
-        pairs = [(self.policy, self.policy_opt), (self.critic, self.critic_opt)]
-        for model, opt in pairs:
+        norms = {}
+        for key, model, opt in (
+            ("grad_norm", self.policy, self.policy_opt),
+            ("critic_grad_norm", self.critic, self.critic_opt),
+        ):
             if model is None:
                 continue
             # the norm is over gradients already averaged across ranks, so every rank sees the same value
             norm = acc.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
-            if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-                last = ckpt_io.list_checkpoints(self.args.output_dir)
-                raise FloatingPointError(
-                    f"non-finite loss/gradient at step {self.step + 1}; training stopped without saving. "
-                    f"Last good checkpoint: {last[-1] if last else 'none'}"
-                )
+            if norm is not None:
+                if not torch.isfinite(torch.as_tensor(norm)):
+                    last = ckpt_io.list_checkpoints(self.args.output_dir)
+                    raise FloatingPointError(
+                        f"non-finite loss/gradient at step {self.step + 1}; training stopped without saving. "
+                        f"Last good checkpoint: {last[-1] if last else 'none'}"
+                    )
+                norms[key] = torch.as_tensor(norm).detach()
             opt.step()
             opt.zero_grad(set_to_none=True)
+        return norms
 
     # ------------------------------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
@@ -530,15 +533,20 @@ class PPOTrainer:
         )
         while self.step < args.max_steps:
             t_step = time.perf_counter()
-            batch, stats = self.rollout(self._batch_indices(self.step))
+            # 1. generate -> score -> annotate -> make_experience (no gradients)
+            experience, stats = self.rollout(self._batch_indices(self.step))
+            # 2. PPO epochs over the frozen experience
             t0 = time.perf_counter()
-            stats.update(self.update(batch))
+            stats.update(self.update(experience))
+            # 3. the generator samples from the updated weights (a no-op in process; an engine copies them)
+            self.generator.sync_weights(acc.unwrap_model(self.policy))
             stats["time/update"] = time.perf_counter() - t0
             stats["time/step"] = time.perf_counter() - t_step
-            if stats.get("kl") is not None:
-                self.kl_ctl.update(stats["kl"], args.batch_size * acc.num_processes)
             self.step += 1
+            # 4. metrics reduced over ranks; the KL controller moves on the all-rank KL, so every rank's beta agrees
             row = self._gather_metrics(stats)
+            if row.get("kl") is not None:
+                self.kl_ctl.update(row["kl"], args.batch_size * acc.num_processes)
             history.append(row)
             if writer is not None and self.step % args.logging_steps == 0:
                 writer.write(row)
@@ -546,6 +554,7 @@ class PPOTrainer:
                     acc.log(row, step=self.step)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl') or 0:.3f}")
+            # 5. checkpoint
             if (args.save_steps and self.step % args.save_steps == 0) or self.step == args.max_steps:
                 self.save_checkpoint()
         bar.close()

@@ -87,6 +87,13 @@ def test_ppo_policy_loss_by_hand_and_clipping_acts():
     # A=-1, r=0.4: max(0.4, 0.8)=0.8 (clipped)
     assert loss.item() == pytest.approx((-1.2 + 1.6 + 0.8) / 3)
     assert clipfrac.item() == pytest.approx(2 / 3)
+    # the two clipped elements are one of each side: A=1 above 1+eps (high), A=-1 below 1-eps (low)
+    _, low, high = F.clipped_surrogate(torch.exp(new - old), adv, 0.2)
+    assert low.tolist() == [False, False, True] and high.tolist() == [True, False, False]
+    # DAPO's clip-higher: eps_high 0.7 lets the A=1 sample's ratio 1.6 through unclipped
+    loss, clipfrac, _ = F.ppo_policy_loss(new, old, adv, clip_eps=0.2, clip_eps_high=0.7)
+    assert loss.item() == pytest.approx((-1.6 + 1.6 + 0.8) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)
     # gradient is zero for clipped samples
     new = new.clone().requires_grad_(True)
     F.ppo_policy_loss(new, old, adv, 0.2)[0].backward()
@@ -134,9 +141,14 @@ def test_group_estimators_by_hand():
     assert rloo.tolist() == pytest.approx([1 - 2.5, 2 - 2.0, 3 - 1.5, 0 - 2.0, 0 - 2.0, 4 - 0.0])
     grpo = F.grpo_advantages(scores, 3, eps=0.0)
     assert grpo[:3].tolist() == pytest.approx([-1.0, 0.0, 1.0])  # mean 2, std 1
-    assert F.grpo_advantages(scores, 3, scale=False)[3:].tolist() == pytest.approx([-4 / 3, -4 / 3, 8 / 3])
-    rb = F.reinforce_baseline_advantages(scores, 3)
-    assert rb.mean().item() == pytest.approx(0.0, abs=1e-6)
-    assert rb.std().item() == pytest.approx(1.0, abs=1e-4)
+    assert F.grpo_advantages(scores, 3, scale="none")[3:].tolist() == pytest.approx([-4 / 3, -4 / 3, 8 / 3])
+    # batch scaling: the same centring, divided by the std of all six scores (sample std 1.6733)
+    std = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0]).std().item()
+    batch = F.grpo_advantages(scores, 3, scale="batch", eps=0.0)
+    assert batch.tolist() == pytest.approx([-1 / std, 0.0, 1 / std, -4 / 3 / std, -4 / 3 / std, 8 / 3 / std])
+    assert F.grpo_advantages(scores, 3, scale="batch", eps=0.0, batch_std=torch.tensor(2.0))[0].item() == -0.5
+    # group mean baseline: r - mean_group, no scaling (the whitening comes later, over tokens)
+    gm = F.group_mean_baseline_advantages(scores, 3)
+    assert gm.tolist() == pytest.approx([-1.0, 0.0, 1.0, -4 / 3, -4 / 3, 8 / 3])
     with pytest.raises(ValueError, match="group_size"):
         F.rloo_advantages(scores, 1)

@@ -83,10 +83,10 @@ def test_generate_falls_back_to_model_generate_for_filtering_and_processors(toke
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     assert lean_sampling_supported(policy, top_k=0, top_p=1.0)
     lean = generate(policy, query_ids, query_mask, 6, 1.0, 0, 1.0, eos, pad)
-    assert lean.old_logprobs is not None and lean.old_logprobs.shape == lean.response_ids.shape
+    assert lean.sampled_logprobs is not None and lean.sampled_logprobs.shape == lean.response_ids.shape
     assert not lean_sampling_supported(policy, top_k=5, top_p=1.0)
     assert not lean_sampling_supported(policy, top_k=0, top_p=0.9)
-    assert generate(policy, query_ids, query_mask, 6, 1.0, 5, 1.0, eos, pad).old_logprobs is None
+    assert generate(policy, query_ids, query_mask, 6, 1.0, 5, 1.0, eos, pad).sampled_logprobs is None
     policy.generation_config.repetition_penalty = 1.3  # a logits processor the lean sampler does not apply
     assert not lean_sampling_supported(policy, top_k=0, top_p=1.0)
     policy.generation_config.repetition_penalty = 1.0  # neutral

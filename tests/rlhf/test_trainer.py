@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import datasets
@@ -161,10 +162,10 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tokeniz
     trainer = PPOTrainer(policy, poisoned, args, dataset(), tokenizer)
     original = trainer._loss_and_backward
 
-    def nan_after_two_steps(micro):
+    def nan_after_two_steps(micro, *args):
         if trainer.step >= 2:
-            micro.advantages = micro.advantages * float("nan")
-        return original(micro)
+            micro = dataclasses.replace(micro, advantages=micro.advantages * float("nan"))
+        return original(micro, *args)
 
     trainer._loss_and_backward = nan_after_two_steps
     with pytest.raises(FloatingPointError, match=r"step 3.*checkpoint-2"):
@@ -263,7 +264,8 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_no_gradient(tmp_pa
         for name, model in (("policy", trainer.policy.transformer), ("critic", trainer.critic.backbone)):
             model.h[0].attn.register_forward_hook(lambda *_, name=name, calls=calls: calls.append(name))
         trainer._set_training(True)
-        trainer._loss_and_backward(rollout)  # one forward + backward of policy and critic on the whole batch
+        # one forward + backward of policy and critic on the whole batch
+        trainer._loss_and_backward(rollout, torch.tensor(1.0), 1.0, {})
         grads = [p.grad.clone() for m in (trainer.policy, trainer.critic) for p in m.parameters()]
         results[checkpointing] = (calls, grads)
     assert torch.equal(*results["response_ids"])
@@ -315,8 +317,17 @@ def test_config_errors_name_the_field(tmp_path):
         PPOConfig(rollout_batch_size=4, mini_batch_size=4, micro_batch_size=3)
     with pytest.raises(ValueError, match="num_generations must be >= 2 for advantage_estimator='grpo'"):
         PPOConfig(advantage_estimator="grpo")
-    with pytest.raises(ValueError, match="'advantage_estimator'"):
+    with pytest.raises(ValueError, match=r"advantage_estimator must be one of \['gae', .*got 'ppo2'"):
         parse_config(PPOConfig, ["--advantage_estimator", "ppo2"])
+    with pytest.raises(ValueError, match="kl_in_loss=True with kl_estimator='k1'.*'k3'"):
+        PPOConfig(kl_in_loss=True)
+    with pytest.raises(ValueError, match="kl_coef must be a finite number >= 0, got nan"):
+        PPOConfig(kl_coef=float("nan"))
+    with pytest.raises(ValueError, match="clip_eps must be a finite number >= 0, got -0.1"):
+        PPOConfig(clip_eps=-0.1)
+    with pytest.raises(ValueError, match="loss_type"):
+        parse_config(PPOConfig, ["--loss_type", "bnpo"])
+    PPOConfig(advantage_estimator="reinforce_pp")  # one completion per prompt is enough for REINFORCE++
 
 
 def test_dataset_errors(tmp_path, tokenizer, policy):
