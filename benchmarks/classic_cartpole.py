@@ -102,9 +102,9 @@ def run_ours(
             # DQN's epsilon schedule is a fraction of the budget: ours keeps its default 100k budget (epsilon
             # reaches its floor after 5k steps) rather than RL-Zoo's 50k; every run stops once solved anyway
             total = 100_000 if algo == "dqn" or hparams == "tuned" else ZOO[algo]["total"]
-        argv += ["--env_id", "CartPole-v1", "--seed", str(seed), "--run_dir", tmp]
+        argv += ["--env_id", "CartPole-v1", "--seed", str(seed), "--output_dir", tmp]
         argv += ["--total_timesteps", str(total)]
-        argv += ["--stop_at_return", str(THRESHOLD), "--torch_threads", "1"]
+        argv += ["--stop_at_return", str(THRESHOLD), "--num_threads", "1"]
         cfg = parse_config(config_cls, argv)
         start = time.perf_counter()
         module.train(cfg)

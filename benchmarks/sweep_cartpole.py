@@ -27,8 +27,8 @@ SPACES = {
     "ppo": {
         "num_envs": [4, 8, 16],
         "num_steps": [16, 32, 64, 128],
-        "minibatches": [1, 2, 4],  # minibatch_size = num_envs * num_steps / minibatches
-        "update_epochs": [4, 6, 10, 20],
+        "minibatches": [1, 2, 4],  # mini_batch_size = num_envs * num_steps / minibatches
+        "num_ppo_epochs": [4, 6, 10, 20],
         "learning_rate": [3e-4, 1e-3, 2.5e-3, 5e-3],
         "gamma": [0.98, 0.99],
         "gae_lambda": [0.8, 0.95],
@@ -41,7 +41,7 @@ SPACES = {
         "gamma": [0.98, 0.99],
         "gae_lambda": [1.0, 0.95, 0.9],
         "optimizer": ["rmsprop", "adam"],
-        "norm_adv": [False, True],
+        "whiten_advantages": [False, True],
         "total_timesteps": [100_000],
     },
 }
@@ -51,7 +51,7 @@ def sample(algo: str, rng: random.Random) -> dict:
     values = {name: rng.choice(choices) for name, choices in SPACES[algo].items()}
     if algo == "ppo":
         batch = values["num_envs"] * values["num_steps"]
-        values["minibatch_size"] = batch // values.pop("minibatches")
+        values["mini_batch_size"] = batch // values.pop("minibatches")
     return values
 
 
@@ -65,7 +65,7 @@ def solve(job: tuple[str, dict, int]) -> tuple[int | None, float]:
     module = __import__(f"classic.{algo}", fromlist=["train"])
     config_cls = getattr(module, f"{algo.upper()}Config")
     with tempfile.TemporaryDirectory() as tmp:
-        run = {"seed": seed, "run_dir": tmp, "stop_at_return": THRESHOLD, "torch_threads": 1}
+        run = {"seed": seed, "output_dir": tmp, "stop_at_return": THRESHOLD, "num_threads": 1}
         module.train(config_from_dict(config_cls, {**values, **run}))
         row = first_solved_row(Path(tmp), THRESHOLD)
     return (int(row["global_step"]), float(row["time"])) if row else (None, 99.0)
@@ -83,7 +83,7 @@ def main() -> None:
     if args.config:
         from classic.cli import load_yaml
 
-        trials = [{k: v for k, v in load_yaml(args.config).items() if k != "run_dir"}]
+        trials = [{k: v for k, v in load_yaml(args.config).items() if k != "output_dir"}]
     else:
         rng = random.Random(args.search_seed)
         trials = [sample(args.algo, rng) for _ in range(args.trials)]

@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -32,9 +32,18 @@ from classic.actor_critic import (
     collect_rollout,
     compute_advantages,
     first_solved_step,
+    upgrade_saved_config,
 )
-from classic.cli import config_from_dict, parse_config
-from classic.common import Run, check_env_id, check_positive, load_model, make_vec_env, seed_everything
+from classic.cli import config_from_saved, parse_config
+from classic.common import (
+    RENAMED_RUN_FIELDS,
+    Run,
+    check_env_id,
+    check_positive,
+    load_model,
+    make_vec_env,
+    seed_everything,
+)
 from classic.functional import masked_whiten, value_loss
 from classic.running_norm import RewardScaler
 
@@ -43,22 +52,33 @@ from classic.running_norm import RewardScaler
 class A2CConfig:
     """A2C with n-step returns. Defaults: Stable-Baselines3 / RL-Zoo CartPole-v1."""
 
+    # the names rlhf.config.PPOConfig uses for the same knobs; the old ones are errors that name the new one
+    RENAMED: ClassVar[dict[str, str]] = {
+        **RENAMED_RUN_FIELDS,
+        "ent_coef": "entropy_coef",
+        "norm_adv": "whiten_advantages",
+        "anneal_lr": "lr_scheduler",
+    }
+    upgrade_saved = staticmethod(upgrade_saved_config)  # run configs saved before the rename still load
+
     env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium environment id"})
     seed: int = field(default=1, metadata={"help": "seed for torch, numpy and the environments"})
     total_timesteps: int = field(default=100_000, metadata={"help": "environment steps (all envs together)"})
     num_envs: int = field(default=8, metadata={"help": "parallel environments N"})
     num_steps: int = field(default=5, metadata={"help": "n of the n-step return (steps per env per update)"})
     learning_rate: float = field(default=7e-4, metadata={"help": "learning rate"})
-    anneal_lr: bool = field(default=False, metadata={"help": "decay the learning rate linearly to 0"})
+    lr_scheduler: Literal["linear", "constant"] = field(
+        default="constant", metadata={"help": "linear: decay the learning rate linearly to 0 over the run"}
+    )
     optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop or adam"})
     rms_alpha: float = field(default=0.99, metadata={"help": "RMSprop smoothing constant"})
     optim_eps: float = field(default=1e-5, metadata={"help": "optimizer epsilon"})
     gamma: float = field(default=0.99, metadata={"help": "discount factor"})
     gae_lambda: float = field(default=1.0, metadata={"help": "1.0 = n-step returns; < 1 = GAE"})
-    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus c_e"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus c_e"})
     vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient c_v"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
-    norm_adv: bool = field(default=False, metadata={"help": "whiten advantages per batch"})
+    whiten_advantages: bool = field(default=False, metadata={"help": "whiten advantages per batch"})
     normalize_obs: bool = field(
         default=False, metadata={"help": "running mean/std observation normalisation"}
     )
@@ -68,8 +88,8 @@ class A2CConfig:
     stop_at_return: float | None = field(
         default=None, metadata={"help": "stop when the mean of the last 20 training episodes reaches this"}
     )
-    torch_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
-    run_dir: str = field(default="runs/a2c", metadata={"help": "where config, metrics, curve, model go"})
+    num_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
+    output_dir: str = field(default="runs/a2c", metadata={"help": "where config, metrics, curve, model go"})
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
@@ -89,12 +109,12 @@ def a2c_update(
     b_obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])  # (N*n, obs_dim)
     b_actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
     b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
-    if cfg.norm_adv:
+    if cfg.whiten_advantages:
         b_advantages = masked_whiten(b_advantages)
     _, logprobs, entropy, values = agent.get_action_and_value(b_obs, b_actions)
     pg_loss = -(b_advantages * logprobs).mean()
     v_loss, _ = value_loss(values, values, b_returns, clip_eps=None)  # 0.5 * mean (R - V)^2
-    loss = pg_loss + cfg.vf_coef * 2 * v_loss - cfg.ent_coef * entropy.mean()
+    loss = pg_loss + cfg.vf_coef * 2 * v_loss - cfg.entropy_coef * entropy.mean()
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
@@ -111,7 +131,7 @@ def make_optimizer(agent: nn.Module, cfg: A2CConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: A2CConfig) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.num_threads)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     agent = Agent(
         envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes, cfg.normalize_obs,
@@ -119,12 +139,12 @@ def train(cfg: A2CConfig) -> TrainResult:
     )  # fmt: skip
     optimizer = make_optimizer(agent, cfg)
     reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
-    run = Run(cfg.run_dir, cfg, cfg.total_timesteps, f"A2C {cfg.env_id}")
+    run = Run(cfg.output_dir, cfg, cfg.total_timesteps, f"A2C {cfg.env_id}")
     num_iterations = max(1, cfg.total_timesteps // (cfg.num_envs * cfg.num_steps))
     next_obs, _ = envs.reset(seed=cfg.seed)
     global_step, start = 0, time.time()
     for iteration in range(num_iterations):
-        if cfg.anneal_lr:
+        if cfg.lr_scheduler == "linear":
             optimizer.param_groups[0]["lr"] = (1.0 - iteration / num_iterations) * cfg.learning_rate
         rollout, next_obs, global_step = collect_rollout(
             envs, agent, next_obs, cfg.num_steps, run, global_step, reward_scaler
@@ -142,7 +162,8 @@ def train(cfg: A2CConfig) -> TrainResult:
 def load(run_dir: str | Path) -> Agent:
     """The trained agent of a run directory; use `agent.greedy(obs)`."""
     run_dir = Path(run_dir)
-    cfg = config_from_dict(A2CConfig, json.loads((run_dir / "config.json").read_text()))
+    path = run_dir / "config.json"
+    cfg = config_from_saved(A2CConfig, json.loads(path.read_text()), source=str(path))
     env = gym.make(cfg.env_id)
     agent = Agent(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std

@@ -178,6 +178,18 @@ def compute_advantages(rollout: Rollout, gamma: float, lam: float) -> tuple[torc
     return advantages.T, returns.T  # (T, N)
 
 
+def upgrade_saved_config(values: dict) -> dict:
+    """A PPO / A2C `config.json` saved before the rename to rlhf's names: the two renamed fields whose type
+    changed get their new values (classic.cli.config_from_saved renames the keys afterwards)."""
+    if isinstance(values.get("anneal_lr"), bool):
+        values["anneal_lr"] = "linear" if values["anneal_lr"] else "constant"
+    if isinstance(values.get("clip_vloss"), bool):
+        # clip_vloss=True clipped the value with clip_coef (annealed with it): that epsilon, annealed the same
+        # way, is value_clip_eps. A saved config always has clip_coef, it is the whole dataclass.
+        values["clip_vloss"] = values["clip_coef"] if values["clip_vloss"] else None
+    return values
+
+
 @dataclass
 class TrainResult:
     agent: Agent

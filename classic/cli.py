@@ -9,6 +9,13 @@ rlhf trainer config and by the recipes:
 Each field's help text is `field(metadata={"help": ...})`. Unknown keys (in YAML or on the command line) are
 errors that list the valid ones; values are converted to the field's type and a failed conversion names the field.
 `--field-name` and `--field_name` are the same key.
+
+Renamed fields: a config class may declare `RENAMED: ClassVar[dict[str, str]] = {"old_name": "new_name"}`. In
+user input (YAML, command line) an old name is an error that names its replacement, not just one more unknown
+key: the user is editing that input and should move to the new name. A run directory's saved `config.json` is
+different: it was valid when it was written and nobody edits it, so `config_from_saved` translates old names
+(and, through the class's optional `upgrade_saved(values)`, old values whose type changed with the rename) and
+runs saved before a rename still load.
 """
 
 from __future__ import annotations
@@ -88,17 +95,46 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _renamed(cls: type) -> dict[str, str]:
+    return dict(getattr(cls, "RENAMED", None) or {})
+
+
+def _reject_renamed(cls: type, keys: Any, source: str) -> None:
+    renamed, fields = _renamed(cls), {f.name for f in dataclasses.fields(cls)}
+    old = [k for k in keys if k in renamed and k not in fields]
+    if old:
+        moves = "; ".join(f"config key '{k}' was renamed to '{renamed[k]}'" for k in old)
+        raise ValueError(f"{moves} ({source}; see --help for the new field's meaning)")
+
+
 def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build `cls` from a dict, converting types; unknown keys raise a ValueError listing the valid ones."""
+    """Build `cls` from a dict, converting types; unknown keys raise a ValueError listing the valid ones, and
+    a key in `cls.RENAMED` one that names its new name."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
+    _reject_renamed(cls, unknown, source)
     if unknown:
         raise ValueError(
             f"{source}: unknown key(s) {unknown} for {cls.__name__}; valid keys are: {', '.join(sorted(fields))}"
         )
     kwargs = {k: _convert(k, v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def config_from_saved(cls: type[T], values: dict[str, Any], source: str = "saved config") -> T:
+    """Build `cls` from a config saved by an earlier run (its `config.json`): keys in `cls.RENAMED` are
+    translated to their new names instead of being errors. If the class has `upgrade_saved(values) -> values`,
+    it runs first, on the old names, to translate values whose type changed with the rename."""
+    upgrade = getattr(cls, "upgrade_saved", None)
+    values = dict(values) if upgrade is None else upgrade(dict(values))
+    renamed, out = _renamed(cls), {}
+    for key, value in values.items():
+        new = renamed.get(key, key)
+        if new != key and new in values:
+            raise ValueError(f"{source}: has both '{key}' and its new name '{new}'")
+        out[new] = value
+    return config_from_dict(cls, out, source)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -125,6 +161,11 @@ def _help_text(cls: type) -> str:
             default = f.default_factory()  # type: ignore[misc]
         tp = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
         lines.append(f"  --{f.name} {tp} [default: {default}]\n      {f.metadata.get('help', '')}")
+    renamed = _renamed(cls)
+    if renamed:
+        lines.append(
+            "renamed (the old names are errors): " + ", ".join(f"{k} -> {v}" for k, v in renamed.items())
+        )
     return "\n".join(lines)
 
 
@@ -144,7 +185,10 @@ def parse_config(cls: type[T], argv: list[str] | None = None, defaults: dict[str
     known, rest = parser.parse_known_args(argv)
     values: dict[str, Any] = dict(defaults or {})
     if known.config:
-        values.update(load_yaml(known.config))
+        from_yaml = load_yaml(known.config)
+        _reject_renamed(cls, from_yaml, known.config)  # here, not after merging: name the file it came from
+        values.update(from_yaml)
+    from_command_line: dict[str, Any] = {}
     i = 0
     while i < len(rest):
         arg = rest[i]
@@ -158,8 +202,10 @@ def parse_config(cls: type[T], argv: list[str] | None = None, defaults: dict[str
                 i += 1
             else:
                 val = "true"  # a bare --flag sets a bool field
-        values[key] = val
+        from_command_line[key] = val
         i += 1
+    _reject_renamed(cls, from_command_line, "command line")
+    values.update(from_command_line)
     return config_from_dict(cls, values, source=known.config or "command line")
 
 

@@ -18,6 +18,9 @@ from tqdm.auto import tqdm
 
 from classic.runlog import MetricsWriter, plot_curves, read_metrics
 
+# renames every classic config shares (to the names rlhf.config.PPOConfig uses), for their `RENAMED` maps
+RENAMED_RUN_FIELDS = {"run_dir": "output_dir", "torch_threads": "num_threads"}
+
 
 def check_positive(name: str, value: float) -> None:
     if not value > 0:
@@ -34,12 +37,12 @@ def check_env_id(env_id: str) -> None:
         raise ValueError(f"unknown env_id {env_id!r}: not a registered gymnasium id.{hint}")
 
 
-def seed_everything(seed: int, torch_threads: int | None = None) -> None:
+def seed_everything(seed: int, num_threads: int | None = None) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
+    if num_threads:
+        torch.set_num_threads(num_threads)
 
 
 def make_vec_env(

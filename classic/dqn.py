@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -30,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classic.cli import config_from_dict, parse_config
+from classic.cli import config_from_saved, parse_config
 from classic.common import (
+    RENAMED_RUN_FIELDS,
     Run,
     check_env_id,
     check_positive,
@@ -45,6 +47,8 @@ from classic.common import (
 @dataclass
 class DQNConfig:
     """DQN (Mnih et al. 2015) on a gymnasium env with a discrete action space."""
+
+    RENAMED: ClassVar[dict[str, str]] = dict(RENAMED_RUN_FIELDS)  # rlhf's names; old ones are errors
 
     env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium id (discrete actions)"})
     seed: int = field(default=1, metadata={"help": "seed of python, numpy, torch and the environment"})
@@ -74,16 +78,16 @@ class DQNConfig:
     stop_at_return: float | None = field(
         default=None, metadata={"help": "stop early once the mean of the last 20 episode returns reaches it"}
     )
-    run_dir: str | None = field(
+    output_dir: str | None = field(
         default=None, metadata={"help": "run directory (default runs/dqn_<env>_<seed>)"}
     )
-    torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
         for name in ("total_timesteps", "learning_rate", "buffer_size", "target_network_frequency"):
             check_positive(name, getattr(self, name))
-        for name in ("batch_size", "train_frequency", "gradient_steps", "max_grad_norm", "torch_threads"):
+        for name in ("batch_size", "train_frequency", "gradient_steps", "max_grad_norm", "num_threads"):
             check_positive(name, getattr(self, name))
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
@@ -213,7 +217,7 @@ def make_env(cfg: DQNConfig) -> gym.vector.SyncVectorEnv:
 
 
 def train(cfg: DQNConfig) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.num_threads)
     envs = make_env(cfg)
     obs_space, n_actions = envs.single_observation_space, int(envs.single_action_space.n)
     q_network = QNetwork(obs_space, n_actions, cfg.hidden_sizes)
@@ -225,7 +229,7 @@ def train(cfg: DQNConfig) -> TrainResult:
     target_params = list(target_network.parameters())
     rb = ReplayBuffer(cfg.buffer_size, obs_space, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    run = Run(cfg.run_dir or default_run_dir("dqn", cfg.env_id, cfg.seed), cfg, cfg.total_timesteps, "dqn")
+    run = Run(cfg.output_dir or default_run_dir("dqn", cfg.env_id, cfg.seed), cfg, cfg.total_timesteps, "dqn")
     episode_steps: list[int] = []
 
     obs, _ = envs.reset(seed=cfg.seed)  # (1, *obs_shape)
@@ -285,7 +289,8 @@ def train(cfg: DQNConfig) -> TrainResult:
 def load(run_dir: str | Path) -> QNetwork:
     """The greedy agent saved in `run_dir` (its config.json and model.pt)."""
     run_dir = Path(run_dir)
-    cfg = config_from_dict(DQNConfig, json.loads((run_dir / "config.json").read_text()))
+    path = run_dir / "config.json"
+    cfg = config_from_saved(DQNConfig, json.loads(path.read_text()), source=str(path))
     envs = make_env(cfg)
     q_network = QNetwork(envs.single_observation_space, int(envs.single_action_space.n), cfg.hidden_sizes)
     envs.close()

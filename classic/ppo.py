@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -33,9 +34,18 @@ from classic.actor_critic import (
     collect_rollout,
     compute_advantages,
     first_solved_step,
+    upgrade_saved_config,
 )
-from classic.cli import config_from_dict, parse_config
-from classic.common import Run, check_env_id, check_positive, load_model, make_vec_env, seed_everything
+from classic.cli import config_from_saved, parse_config
+from classic.common import (
+    RENAMED_RUN_FIELDS,
+    Run,
+    check_env_id,
+    check_positive,
+    load_model,
+    make_vec_env,
+    seed_everything,
+)
 from classic.functional import masked_whiten, ppo_policy_loss, value_loss
 from classic.running_norm import RewardScaler
 
@@ -44,23 +54,43 @@ from classic.running_norm import RewardScaler
 class PPOConfig:
     """PPO (clipped surrogate, GAE). Defaults: RL-Zoo's CartPole-v1 hyperparameters."""
 
+    # the names rlhf.config.PPOConfig uses for the same knobs; the old ones are errors that name the new one
+    RENAMED: ClassVar[dict[str, str]] = {
+        **RENAMED_RUN_FIELDS,
+        "clip_coef": "clip_eps",
+        "clip_vloss": "value_clip_eps",
+        "ent_coef": "entropy_coef",
+        "update_epochs": "num_ppo_epochs",
+        "minibatch_size": "mini_batch_size",
+        "norm_adv": "whiten_advantages",
+        "anneal_lr": "lr_scheduler",
+    }
+    upgrade_saved = staticmethod(upgrade_saved_config)  # run configs saved before the rename still load
+
     env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium environment id"})
     seed: int = field(default=1, metadata={"help": "seed for torch, numpy and the environments"})
     total_timesteps: int = field(default=100_000, metadata={"help": "environment steps (all envs together)"})
     num_envs: int = field(default=8, metadata={"help": "parallel environments N"})
     num_steps: int = field(default=32, metadata={"help": "steps per environment per rollout T"})
-    minibatch_size: int = field(default=256, metadata={"help": "minibatch size M (N*T must be a multiple)"})
-    update_epochs: int = field(default=20, metadata={"help": "epochs K over each rollout"})
+    mini_batch_size: int = field(default=256, metadata={"help": "minibatch size M (N*T must be a multiple)"})
+    num_ppo_epochs: int = field(default=20, metadata={"help": "epochs K over each rollout"})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    anneal_lr: bool = field(default=True, metadata={"help": "decay the learning rate linearly to 0"})
+    lr_scheduler: Literal["linear", "constant"] = field(
+        default="linear", metadata={"help": "linear: decay the learning rate linearly to 0 over the run"}
+    )
     adam_eps: float = field(default=1e-5, metadata={"help": "Adam epsilon (1e-5 as in baselines)"})
     gamma: float = field(default=0.98, metadata={"help": "discount factor"})
     gae_lambda: float = field(default=0.8, metadata={"help": "GAE lambda (eq. 11)"})
-    clip_coef: float = field(default=0.2, metadata={"help": "surrogate clipping epsilon (eq. 7)"})
-    anneal_clip: bool = field(default=True, metadata={"help": "decay clip_coef linearly like the LR"})
-    clip_vloss: bool = field(default=False, metadata={"help": "clip the value update around old values"})
-    norm_adv: bool = field(default=True, metadata={"help": "whiten advantages per minibatch"})
-    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus c2 (eq. 9)"})
+    clip_eps: float = field(default=0.2, metadata={"help": "surrogate clipping epsilon (eq. 7)"})
+    anneal_clip: bool = field(
+        default=True, metadata={"help": "decay clip_eps and value_clip_eps linearly to 0 over the run"}
+    )
+    value_clip_eps: float | None = field(
+        default=None,
+        metadata={"help": "clip the value update to old value +- this (annealed like clip_eps); None = off"},
+    )
+    whiten_advantages: bool = field(default=True, metadata={"help": "whiten advantages per minibatch"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus c2 (eq. 9)"})
     vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient c1 (eq. 9)"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early above this KL"})
@@ -73,17 +103,19 @@ class PPOConfig:
     stop_at_return: float | None = field(
         default=None, metadata={"help": "stop when the mean of the last 20 training episodes reaches this"}
     )
-    torch_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
-    run_dir: str = field(default="runs/ppo", metadata={"help": "where config, metrics, curve, model go"})
+    num_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
+    output_dir: str = field(default="runs/ppo", metadata={"help": "where config, metrics, curve, model go"})
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
-        for name in ("total_timesteps", "num_envs", "num_steps", "minibatch_size", "update_epochs"):
+        for name in ("total_timesteps", "num_envs", "num_steps", "mini_batch_size", "num_ppo_epochs"):
             check_positive(name, getattr(self, name))
         check_positive("learning_rate", self.learning_rate)
-        if (self.num_envs * self.num_steps) % self.minibatch_size:
+        if self.value_clip_eps is not None:
+            check_positive("value_clip_eps", self.value_clip_eps)
+        if (self.num_envs * self.num_steps) % self.mini_batch_size:
             raise ValueError(
-                f"minibatch_size {self.minibatch_size} must divide num_envs*num_steps "
+                f"mini_batch_size {self.mini_batch_size} must divide num_envs*num_steps "
                 f"= {self.num_envs * self.num_steps}"
             )
 
@@ -95,10 +127,11 @@ def ppo_update(
     advantages: torch.Tensor,
     returns: torch.Tensor,
     cfg: PPOConfig,
-    clip_coef: float,
+    clip_eps: float,
+    value_clip_eps: float | None,
 ) -> dict[str, float]:
-    """K epochs of minibatch SGD on L^CLIP - c1 L^VF + c2 S (eq. 9). Returns the last epoch's statistics
-    plus `clip_fraction_per_epoch`."""
+    """K epochs of minibatch SGD on L^CLIP - c1 L^VF + c2 S (eq. 9), with this iteration's (possibly annealed)
+    clipping epsilons. Returns the last epoch's statistics plus `clip_fraction_per_epoch`."""
     obs_shape = rollout.obs.shape[2:]
     b_obs = rollout.obs.reshape(-1, *obs_shape)  # (N*T, obs_dim)
     b_actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
@@ -106,28 +139,26 @@ def ppo_update(
     b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
     batch_size = len(b_obs)
     # with no entropy bonus the entropy is only logged: skip it in the loop (no graph through it)
-    with_entropy = cfg.ent_coef != 0
+    with_entropy = cfg.entropy_coef != 0
     clip_fractions: list[float] = []
-    for _epoch in range(cfg.update_epochs):
+    for _epoch in range(cfg.num_ppo_epochs):
         b_inds = torch.randperm(batch_size)
         epoch_clip, epoch_kl = [], []
-        for start in range(0, batch_size, cfg.minibatch_size):
-            mb_inds = b_inds[start : start + cfg.minibatch_size]
+        for start in range(0, batch_size, cfg.mini_batch_size):
+            mb_inds = b_inds[start : start + cfg.mini_batch_size]
             _, logprobs, entropy, values = agent.get_action_and_value(
                 b_obs[mb_inds], b_actions[mb_inds], with_entropy
             )
             mb_advantages = b_advantages[mb_inds]
-            if cfg.norm_adv:
+            if cfg.whiten_advantages:
                 mb_advantages = masked_whiten(mb_advantages)
             pg_loss, clip_frac, approx_kl = ppo_policy_loss(
-                logprobs, b_logprobs[mb_inds], mb_advantages, clip_coef
+                logprobs, b_logprobs[mb_inds], mb_advantages, clip_eps
             )
-            v_loss, _ = value_loss(
-                values, b_values[mb_inds], b_returns[mb_inds], clip_coef if cfg.clip_vloss else None
-            )
+            v_loss, _ = value_loss(values, b_values[mb_inds], b_returns[mb_inds], value_clip_eps)
             loss = pg_loss + cfg.vf_coef * 2 * v_loss  # value_loss has the 0.5
             if with_entropy:
-                loss = loss - cfg.ent_coef * entropy.mean()
+                loss = loss - cfg.entropy_coef * entropy.mean()
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
@@ -150,7 +181,7 @@ def ppo_update(
 
 
 def train(cfg: PPOConfig) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.num_threads)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     agent = Agent(
         envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes, cfg.normalize_obs,
@@ -159,23 +190,27 @@ def train(cfg: PPOConfig) -> TrainResult:
     # fused: one kernel for all parameters (the per-tensor loop cost more than the MLP's backward)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
     reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
-    run = Run(cfg.run_dir, cfg, cfg.total_timesteps, f"PPO {cfg.env_id}")
+    run = Run(cfg.output_dir, cfg, cfg.total_timesteps, f"PPO {cfg.env_id}")
     batch_size = cfg.num_envs * cfg.num_steps
     num_iterations = max(1, cfg.total_timesteps // batch_size)
     next_obs, _ = envs.reset(seed=cfg.seed)
     global_step, start = 0, time.time()
     for iteration in range(num_iterations):
         frac = 1.0 - iteration / num_iterations  # linear annealing to 0
-        if cfg.anneal_lr:
+        if cfg.lr_scheduler == "linear":
             optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
-        clip_coef = cfg.clip_coef * (frac if cfg.anneal_clip else 1.0)
+        # both epsilons shrink by the same factor: the old clip_vloss=True clipped the value with the annealed
+        # policy epsilon, which value_clip_eps = clip_eps reproduces exactly
+        clip_scale = frac if cfg.anneal_clip else 1.0
+        clip_eps = cfg.clip_eps * clip_scale
+        value_clip_eps = None if cfg.value_clip_eps is None else cfg.value_clip_eps * clip_scale
         rollout, next_obs, global_step = collect_rollout(
             envs, agent, next_obs, cfg.num_steps, run, global_step, reward_scaler
         )
         if cfg.stop_at_return is not None and run.mean_recent_return() >= cfg.stop_at_return:
             break
         advantages, returns = compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
-        ppo_update(agent, optimizer, rollout, advantages, returns, cfg, clip_coef)
+        ppo_update(agent, optimizer, rollout, advantages, returns, cfg, clip_eps, value_clip_eps)
     envs.close()
     run.close(agent)
     solved = first_solved_step(run.dir, cfg.stop_at_return)
@@ -185,7 +220,8 @@ def train(cfg: PPOConfig) -> TrainResult:
 def load(run_dir: str | Path) -> Agent:
     """The trained agent of a run directory (observation normaliser included); use `agent.greedy(obs)`."""
     run_dir = Path(run_dir)
-    cfg = config_from_dict(PPOConfig, json.loads((run_dir / "config.json").read_text()))
+    path = run_dir / "config.json"
+    cfg = config_from_saved(PPOConfig, json.loads(path.read_text()), source=str(path))
     env = gym.make(cfg.env_id)
     agent = Agent(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from classic.cli import config_from_dict, parse_config
+from classic.cli import config_from_saved, parse_config
 from classic.common import (
+    RENAMED_RUN_FIELDS,
     Run,
     check_env_id,
     check_positive,
@@ -40,6 +42,8 @@ from classic.functional import discounted_returns, logprobs_from_logits, masked_
 @dataclass
 class ReinforceConfig:
     """REINFORCE with a learned state-value baseline (S&B 13.4) on a discrete-action gymnasium env."""
+
+    RENAMED: ClassVar[dict[str, str]] = dict(RENAMED_RUN_FIELDS)  # rlhf's names; old ones are errors
 
     env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium id (discrete actions)"})
     seed: int = field(default=1, metadata={"help": "seed of python, numpy, torch and the environment"})
@@ -63,17 +67,17 @@ class ReinforceConfig:
     stop_at_return: float | None = field(
         default=None, metadata={"help": "stop early once the mean of the last 20 episode returns reaches it"}
     )
-    run_dir: str | None = field(
+    output_dir: str | None = field(
         default=None, metadata={"help": "run directory (default runs/reinforce_<env>_<seed>)"}
     )
-    torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
         for name in ("total_timesteps", "learning_rate", "value_learning_rate", "episodes_per_batch"):
             check_positive(name, getattr(self, name))
         check_positive("max_grad_norm", self.max_grad_norm)
-        check_positive("torch_threads", self.torch_threads)
+        check_positive("num_threads", self.num_threads)
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
 
@@ -141,7 +145,7 @@ def generate_episodes(
 
 
 def train(cfg: ReinforceConfig) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.num_threads)
     envs = make_env(cfg)
     agent = Agent(envs.single_observation_space.shape[0], int(envs.single_action_space.n), cfg.hidden_sizes)
     optimizer = torch.optim.Adam(
@@ -150,7 +154,7 @@ def train(cfg: ReinforceConfig) -> TrainResult:
             {"params": agent.value.parameters(), "lr": cfg.value_learning_rate},
         ]
     )
-    run_dir = cfg.run_dir or default_run_dir("reinforce", cfg.env_id, cfg.seed)
+    run_dir = cfg.output_dir or default_run_dir("reinforce", cfg.env_id, cfg.seed)
     run = Run(run_dir, cfg, cfg.total_timesteps, "reinforce")
     episode_steps: list[int] = []
 
@@ -198,7 +202,8 @@ def train(cfg: ReinforceConfig) -> TrainResult:
 def load(run_dir: str | Path) -> Agent:
     """The agent saved in `run_dir` (its config.json and model.pt); `agent.act(obs)` is greedy."""
     run_dir = Path(run_dir)
-    cfg = config_from_dict(ReinforceConfig, json.loads((run_dir / "config.json").read_text()))
+    path = run_dir / "config.json"
+    cfg = config_from_saved(ReinforceConfig, json.loads(path.read_text()), source=str(path))
     envs = make_env(cfg)
     agent = Agent(envs.single_observation_space.shape[0], int(envs.single_action_space.n), cfg.hidden_sizes)
     envs.close()

@@ -27,7 +27,7 @@ def test_ppo_solves_cartpole_within_30k_steps_median(tmp_path):
     steps = []
     for seed in SEEDS:
         argv = ["--config", str(CONFIGS / "ppo_cartpole.yaml"), "--seed", str(seed)]
-        argv += ["--run_dir", str(tmp_path / f"{seed}"), "--stop_at_return", "475"]
+        argv += ["--output_dir", str(tmp_path / f"{seed}"), "--stop_at_return", "475"]
         steps.append(ppo.train(parse_config(ppo.PPOConfig, argv)).solved_step)
     print("PPO CartPole steps to solve per seed:", steps)
     assert all(s is not None for s in steps)
@@ -46,7 +46,7 @@ def test_a2c_solves_cartpole_5_of_5_within_100k_steps(tmp_path):
             str(CONFIGS / "a2c_cartpole.yaml"),
             "--seed",
             str(seed),
-            "--run_dir",
+            "--output_dir",
             str(tmp_path / f"{seed}"),
         ]
         cfg = parse_config(a2c.A2CConfig, argv + ["--total_timesteps", "100000", "--stop_at_return", "475"])
@@ -56,7 +56,7 @@ def test_a2c_solves_cartpole_5_of_5_within_100k_steps(tmp_path):
 
 
 def test_ppo_pendulum_reaches_minus_250_within_200k_steps(tmp_path):
-    argv = ["--config", str(CONFIGS / "ppo_pendulum.yaml"), "--seed", "1", "--run_dir", str(tmp_path)]
+    argv = ["--config", str(CONFIGS / "ppo_pendulum.yaml"), "--seed", "1", "--output_dir", str(tmp_path)]
     cfg = parse_config(ppo.PPOConfig, argv + ["--total_timesteps", "200000", "--stop_at_return", "-250"])
     result = ppo.train(cfg)
     print("PPO Pendulum: mean of last 20 training episodes >= -250 at step", result.solved_step)

@@ -10,7 +10,18 @@ import pytest
 import torch
 
 import classic.envs  # noqa: F401
-from classic.dqn import DQNConfig, ReplayBuffer, linear_schedule, load, td_targets, train, update_target
+from classic.common import save_model
+from classic.dqn import (
+    DQNConfig,
+    QNetwork,
+    ReplayBuffer,
+    linear_schedule,
+    load,
+    main,
+    td_targets,
+    train,
+    update_target,
+)
 
 os.environ["RLBOOK_NO_PROGRESS"] = "1"
 
@@ -60,7 +71,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="total_timesteps must be positive, got 0"):
         DQNConfig(total_timesteps=0)
     with pytest.raises(ValueError, match="DQN needs a discrete action space.*Box"):
-        train(DQNConfig(env_id="Pendulum-v1", total_timesteps=10, run_dir=str(tmp_path)))
+        train(DQNConfig(env_id="Pendulum-v1", total_timesteps=10, output_dir=str(tmp_path)))
 
 
 class _ConstantRewardEnv(gym.Env):
@@ -94,7 +105,7 @@ def test_bootstraps_through_truncation(tmp_path):
         hidden_sizes=[],  # Q(s) is one linear layer: with the constant observation, just its bias
         buffer_size=1000,
         batch_size=32,
-        run_dir=str(tmp_path),
+        output_dir=str(tmp_path),
     )
     result = train(cfg)
     q = result.agent(torch.zeros(1, 1)).item()
@@ -103,10 +114,10 @@ def test_bootstraps_through_truncation(tmp_path):
 
 def test_reproducible_and_load_round_trip(tmp_path):
     kwargs = dict(total_timesteps=1000, learning_starts=200, train_frequency=50, gradient_steps=5)
-    a = train(DQNConfig(seed=3, run_dir=str(tmp_path / "a"), **kwargs))
-    b = train(DQNConfig(seed=3, run_dir=str(tmp_path / "b"), **kwargs))
+    a = train(DQNConfig(seed=3, output_dir=str(tmp_path / "a"), **kwargs))
+    b = train(DQNConfig(seed=3, output_dir=str(tmp_path / "b"), **kwargs))
     assert a.episode_returns == b.episode_returns and len(a.episode_returns) > 10
-    c = train(DQNConfig(seed=4, run_dir=str(tmp_path / "c"), **kwargs))
+    c = train(DQNConfig(seed=4, output_dir=str(tmp_path / "c"), **kwargs))
     assert c.episode_returns != a.episode_returns
     # the run directory
     rows = [json.loads(line) for line in (a.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -118,6 +129,18 @@ def test_reproducible_and_load_round_trip(tmp_path):
     loaded = load(a.run_dir)
     assert np.array_equal(loaded.act(obs), a.agent.act(obs))
     assert torch.equal(loaded(torch.as_tensor(obs)), a.agent(torch.as_tensor(obs)))
+
+
+def test_run_saved_before_the_rename_loads(tmp_path):
+    # a config.json written before run_dir / torch_threads took rlhf's names (output_dir / num_threads)
+    saved = {"env_id": "CartPole-v1", "hidden_sizes": [8], "run_dir": None, "torch_threads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    net = QNetwork(gym.make("CartPole-v1").observation_space, 2, [8])
+    save_model(net, tmp_path / "model.pt")
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    assert np.array_equal(load(tmp_path).act(obs), net.act(obs))
+    with pytest.raises(ValueError, match="config key 'torch_threads' was renamed to 'num_threads'"):
+        main(["--torch-threads", "2"])
 
 
 def catch_rate(act, episodes: int = 200, seed: int = 10_000) -> float:
@@ -153,14 +176,14 @@ CATCH = dict(
 def test_catch_from_pixels(tmp_path):
     """4,000 steps (~440 episodes) of DQN with the CNN: the greedy policy catches >= 80% of the balls on
     held-out seeds (measured 0.93), random play catches 11%."""
-    result = train(DQNConfig(seed=1, total_timesteps=4000, run_dir=str(tmp_path), **CATCH))
+    result = train(DQNConfig(seed=1, total_timesteps=4000, output_dir=str(tmp_path), **CATCH))
     assert isinstance(result.agent.net[0][0], torch.nn.Conv2d)  # (1, 10, 10) images get the CNN
     assert catch_rate(result.agent.act) >= 0.8
 
 
 def test_cartpole_short(tmp_path):
     """Default-suite learning test: mean of the last 20 training episodes >= 100 within 12k steps."""
-    result = train(DQNConfig(seed=1, total_timesteps=12_000, stop_at_return=100, run_dir=str(tmp_path)))
+    result = train(DQNConfig(seed=1, total_timesteps=12_000, stop_at_return=100, output_dir=str(tmp_path)))
     assert np.mean(result.episode_returns[-20:]) >= 100
 
 
@@ -178,5 +201,7 @@ def test_cartpole_solved_within_100k(seed, tmp_path):
     """Measured 2026-12-01 (seeds 1-5): 39,814 / 21,273 / 22,071 / 27,477 / 32,065 steps; seeds 6-10 solve too
     (34,590 / 22,891 / 41,855 / 27,067 / 34,837). DQN on CartPole can collapse: before the fused Adam, on another
     CPU, seed 7 never solved; with exploration_fraction 0.1 seed 5 did not."""
-    result = train(DQNConfig(seed=seed, total_timesteps=100_000, stop_at_return=475, run_dir=str(tmp_path)))
+    result = train(
+        DQNConfig(seed=seed, total_timesteps=100_000, stop_at_return=475, output_dir=str(tmp_path))
+    )
     assert steps_to_solve(result.episode_returns, result.episode_steps) is not None

@@ -54,7 +54,9 @@ def success_rate(act, episodes=50):
 def test_a2c_learns_to_reach_the_goal(tmp_path, monkeypatch):
     monkeypatch.setenv("RLBOOK_NO_PROGRESS", "1")
     torch.set_num_threads(1)
-    cfg = a2c.A2CConfig(env_id="rlbook/Navigation-v0", seed=1, total_timesteps=20_000, run_dir=str(tmp_path))
+    cfg = a2c.A2CConfig(
+        env_id="rlbook/Navigation-v0", seed=1, total_timesteps=20_000, output_dir=str(tmp_path)
+    )
     agent = a2c.train(cfg).agent
     rng = np.random.default_rng(0)
     random_rate = success_rate(lambda obs: rng.integers(8))

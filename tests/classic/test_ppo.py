@@ -1,6 +1,7 @@
 """PPO / A2C: bad input, normalisers, truncation bootstrap, clipping acting, save/load, reproducibility, and short
 learning runs (longer acceptance runs are marked slow)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from classic import a2c, actor_critic, ppo
-from classic.cli import parse_config
-from classic.common import make_vec_env
+from classic import a2c, actor_critic, dqn, ppo, reinforce
+from classic.cli import config_from_saved, parse_config
+from classic.common import make_vec_env, save_model
 from classic.functional import ppo_policy_loss
 from classic.running_norm import RewardScaler, RunningNorm
 
@@ -42,6 +43,61 @@ def test_shipped_yaml_configs_load(path):
     cls = ppo.PPOConfig if path.name.startswith("ppo") else a2c.A2CConfig
     cfg = parse_config(cls, ["--config", str(path)])
     assert cfg.env_id in {"BipedalWalker-v3", "Pendulum-v1", "CartPole-v1", "rlbook/Navigation-v0"}
+
+
+# a PPO run's config.json as written before the fields took rlhf's names (clip_coef, clip_vloss, ...)
+OLD_PPO_CONFIG = {
+    "env_id": "CartPole-v1", "seed": 3, "total_timesteps": 1024, "num_envs": 4, "num_steps": 64,
+    "minibatch_size": 64, "update_epochs": 2, "learning_rate": 0.001, "anneal_lr": False, "adam_eps": 1e-05,
+    "gamma": 0.98, "gae_lambda": 0.8, "clip_coef": 0.15, "anneal_clip": True, "clip_vloss": True,
+    "norm_adv": False, "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "target_kl": None,
+    "normalize_obs": False, "normalize_reward": False, "hidden_sizes": [8], "init_log_std": 0.0,
+    "stop_at_return": None, "torch_threads": 1, "run_dir": "runs/old",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "old,new", [("clip_coef", "clip_eps"), ("clip_vloss", "value_clip_eps"), ("run_dir", "output_dir")]
+)
+def test_renamed_key_in_yaml_or_flag_names_the_new_one(tmp_path, old, new):
+    moved = f"^config key '{old}' was renamed to '{new}'"
+    y = tmp_path / "old.yaml"
+    y.write_text(f"{old}: 1\n")
+    with pytest.raises(ValueError, match=moved):
+        parse_config(ppo.PPOConfig, ["--config", str(y)])
+    for flag in (f"--{old}", f"--{old.replace('_', '-')}"):
+        with pytest.raises(ValueError, match=moved):
+            parse_config(ppo.PPOConfig, [flag, "1"])
+
+
+@pytest.mark.parametrize("cls", [ppo.PPOConfig, a2c.A2CConfig, dqn.DQNConfig, reinforce.ReinforceConfig])
+def test_renames_point_at_real_fields(cls):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(cls.RENAMED.values()) <= fields and not set(cls.RENAMED) & fields
+
+
+def test_run_saved_before_the_rename_loads(tmp_path):
+    env = gym.make("CartPole-v1")
+    agent = actor_critic.Agent(env.observation_space, env.action_space, hidden_sizes=[8])
+    save_model(agent, tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text(json.dumps(OLD_PPO_CONFIG))
+    obs = np.stack([env.reset(seed=i)[0] for i in range(32)])
+    np.testing.assert_array_equal(ppo.load(tmp_path).greedy(obs), agent.greedy(obs))
+    # the translated values: clip_vloss=True clipped the value with clip_coef, so that is value_clip_eps
+    expected = dict(
+        clip_eps=0.15, value_clip_eps=0.15, lr_scheduler="constant", num_ppo_epochs=2, mini_batch_size=64,
+        whiten_advantages=False, entropy_coef=0.01, num_threads=1, output_dir="runs/old",
+    )  # fmt: skip
+    cfg = config_from_saved(ppo.PPOConfig, OLD_PPO_CONFIG)
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    cfg = config_from_saved(ppo.PPOConfig, {**OLD_PPO_CONFIG, "clip_vloss": False, "anneal_lr": True})
+    assert cfg.value_clip_eps is None and cfg.lr_scheduler == "linear"
+    old_a2c = {"anneal_lr": True, "ent_coef": 0.01, "norm_adv": True, "torch_threads": 2, "run_dir": "r"}
+    expected = dict(
+        lr_scheduler="linear", entropy_coef=0.01, whiten_advantages=True, num_threads=2, output_dir="r"
+    )
+    cfg = config_from_saved(a2c.A2CConfig, old_a2c)
+    assert {k: getattr(cfg, k) for k in expected} == expected
 
 
 # --- normalisers ----------------------------------------------------------------------------------------------
@@ -137,7 +193,7 @@ def test_rollout_next_values_use_final_obs_only_when_truncated():
 
 def test_clipping_acts_and_stop_gradient_old_policy_never_clips():
     torch.manual_seed(0)
-    cfg = ppo.PPOConfig(num_envs=4, num_steps=128, minibatch_size=64, update_epochs=4, learning_rate=3e-3)
+    cfg = ppo.PPOConfig(num_envs=4, num_steps=128, mini_batch_size=64, num_ppo_epochs=4, learning_rate=3e-3)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     agent = actor_critic.Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_sizes)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
@@ -148,17 +204,17 @@ def test_clipping_acts_and_stop_gradient_old_policy_never_clips():
     _, logprobs, _, _ = agent.get_action_and_value(b_obs, b_actions)
     torch.testing.assert_close(logprobs, rollout.logprobs.reshape(-1))
 
-    stats = ppo.ppo_update(agent, optimizer, rollout, advantages, returns, cfg, cfg.clip_coef)
+    stats = ppo.ppo_update(
+        agent, optimizer, rollout, advantages, returns, cfg, cfg.clip_eps, cfg.value_clip_eps
+    )
     assert len(stats["clip_fraction_per_epoch"]) == 4
     assert all(f > 0.01 for f in stats["clip_fraction_per_epoch"][1:])  # the policy moved: clipping acts
 
     _, logprobs, _, _ = agent.get_action_and_value(b_obs, b_actions)
-    _, clip_fraction, approx_kl = ppo_policy_loss(
-        logprobs, rollout.logprobs.reshape(-1), b_adv, cfg.clip_coef
-    )
+    _, clip_fraction, approx_kl = ppo_policy_loss(logprobs, rollout.logprobs.reshape(-1), b_adv, cfg.clip_eps)
     assert clip_fraction > 0.02 and approx_kl > 0
     # the bug: "old" = stop-gradient of the current policy -> ratio 1, nothing is ever clipped
-    _, clip_fraction, approx_kl = ppo_policy_loss(logprobs, logprobs.detach(), b_adv, cfg.clip_coef)
+    _, clip_fraction, approx_kl = ppo_policy_loss(logprobs, logprobs.detach(), b_adv, cfg.clip_eps)
     assert clip_fraction == 0 and approx_kl == 0
     assert torch.exp(logprobs - logprobs.detach()).eq(1).all()
 
@@ -167,9 +223,9 @@ def test_clipping_acts_and_stop_gradient_old_policy_never_clips():
 
 
 def tiny(cls, tmp_path, name, **kw):
-    base = dict(seed=3, total_timesteps=1024, num_envs=4, num_steps=64, run_dir=str(tmp_path / name))
+    base = dict(seed=3, total_timesteps=1024, num_envs=4, num_steps=64, output_dir=str(tmp_path / name))
     if cls is ppo.PPOConfig:
-        base.update(minibatch_size=64, update_epochs=2)
+        base.update(mini_batch_size=64, num_ppo_epochs=2)
     return cls(**{**base, **kw})
 
 
@@ -211,7 +267,7 @@ def test_load_reproduces_greedy_actions(tmp_path, module, env_id, extra):
 
 
 def test_ppo_learns_cartpole_quickly(tmp_path):
-    result = ppo.train(ppo.PPOConfig(seed=1, total_timesteps=12_288, run_dir=str(tmp_path / "run")))
+    result = ppo.train(ppo.PPOConfig(seed=1, total_timesteps=12_288, output_dir=str(tmp_path / "run")))
     assert np.mean(result.episode_returns[-20:]) >= 150
 
 

@@ -21,12 +21,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="total_timesteps must be positive, got -5"):
         ReinforceConfig(total_timesteps=-5)
     with pytest.raises(ValueError, match="discrete action space.*Box"):
-        train(ReinforceConfig(env_id="Pendulum-v1", total_timesteps=10, run_dir=str(tmp_path)))
+        train(ReinforceConfig(env_id="Pendulum-v1", total_timesteps=10, output_dir=str(tmp_path)))
 
 
 def test_reproducible_and_load_round_trip(tmp_path):
-    a = train(ReinforceConfig(seed=7, total_timesteps=3000, run_dir=str(tmp_path / "a")))
-    b = train(ReinforceConfig(seed=7, total_timesteps=3000, run_dir=str(tmp_path / "b")))
+    a = train(ReinforceConfig(seed=7, total_timesteps=3000, output_dir=str(tmp_path / "a")))
+    b = train(ReinforceConfig(seed=7, total_timesteps=3000, output_dir=str(tmp_path / "b")))
     assert a.episode_returns == b.episode_returns and len(a.episode_returns) > 20
     rows = [json.loads(line) for line in (a.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["episode_return"] for r in rows] == a.episode_returns
@@ -58,7 +58,9 @@ def evaluate_trading(act, episodes: int = 200, seed: int = 100_000) -> tuple[flo
 
 def test_trading_beats_buy_and_hold(tmp_path):
     """Symmetric bull/bear regimes: buy-and-hold earns ~0 on average, the recent returns reveal the regime."""
-    cfg = ReinforceConfig(env_id="rlbook/Trading-v0", seed=1, total_timesteps=20_000, run_dir=str(tmp_path))
+    cfg = ReinforceConfig(
+        env_id="rlbook/Trading-v0", seed=1, total_timesteps=20_000, output_dir=str(tmp_path)
+    )
     result = train(cfg)
     learned, buy_and_hold, random = evaluate_trading(result.agent.act)
     assert learned > buy_and_hold + 0.05 and learned > random + 0.05, (learned, buy_and_hold, random)
@@ -66,7 +68,7 @@ def test_trading_beats_buy_and_hold(tmp_path):
 
 def test_cartpole_short(tmp_path):
     """Default-suite learning test: mean of the last 20 training episodes >= 100 within 20k steps."""
-    cfg = ReinforceConfig(seed=1, total_timesteps=20_000, stop_at_return=100, run_dir=str(tmp_path))
+    cfg = ReinforceConfig(seed=1, total_timesteps=20_000, stop_at_return=100, output_dir=str(tmp_path))
     result = train(cfg)
     assert np.mean(result.episode_returns[-20:]) >= 100
 
@@ -74,6 +76,6 @@ def test_cartpole_short(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_cartpole_solved_within_300k(seed, tmp_path):
-    cfg = ReinforceConfig(seed=seed, total_timesteps=300_000, stop_at_return=475, run_dir=str(tmp_path))
+    cfg = ReinforceConfig(seed=seed, total_timesteps=300_000, stop_at_return=475, output_dir=str(tmp_path))
     result = train(cfg)
     assert np.mean(result.episode_returns[-20:]) >= 475
