@@ -1,15 +1,18 @@
 """Atomic checkpoints that resume bit-for-bit.
 
 A checkpoint is a directory `checkpoint-<step>` holding the trainable weights of the policy (the adapter only,
-with LoRA) and of the critic as safetensors, the optimizer and scheduler states, every rank's RNG states and
-`trainer_state.json` (step, KL controller, config). It is written under a temporary name and renamed when
-complete, so a crash mid-write leaves the previous checkpoint as the newest one.
+with LoRA) and of the critic as safetensors, the optimizer and scheduler states and every rank's RNG states (CPU
+and accelerator generators) as tensors and plain containers that load with `torch.load(weights_only=True)`, and
+`trainer_state.json` (step, KL controller, config); loading a checkpoint someone sent you runs no code. It is
+written under a temporary name and renamed when complete, so a crash mid-write leaves the previous checkpoint as
+the newest one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -40,14 +43,70 @@ def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Ten
             params[name].copy_(value)
 
 
+def _device_rng_modules() -> dict[str, Any]:
+    """The accelerator RNG modules present on this machine (each with get_rng_state_all / set_rng_state_all)."""
+    found = {}
+    for name in ("cuda", "xpu", "npu", "mlu", "musa"):
+        module = getattr(torch, name, None)
+        if module is not None and hasattr(module, "get_rng_state_all") and module.is_available():
+            found[name] = module
+    return found
+
+
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator a step draws from: Python, numpy, torch's CPU generator and each accelerator's (sampling
+    and the minibatch permutation run on the device). Plain types and tensors only, so that loading it needs no
+    pickle of arbitrary objects (`torch.load(weights_only=True)`)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    for name, module in _device_rng_modules().items():
+        state[name] = module.get_rng_state_all()
+    mps = getattr(torch, "mps", None)
+    if torch.backends.mps.is_available() and mps is not None:
+        state["mps"] = mps.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
+    for name, module in _device_rng_modules().items():
+        if name in state:
+            module.set_rng_state_all(state[name])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+def safe_load(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers: a file with any other pickled object (one that
+    would run code when unpickled) is refused, naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refusing to load, it holds pickled objects other than tensors and plain containers "
+            f"(loading it could run code); was it written by this trainer? ({str(err).splitlines()[0]})"
+        ) from err
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -124,11 +183,11 @@ def load_checkpoint(
     for name, model in models.items():
         load_trainable_state_dict(model, load_file(str(ckpt / f"{name}.safetensors")), f"{ckpt}/{name}")
     for name, obj in states.items():
-        obj.load_state_dict(torch.load(ckpt / f"{name}.pt", map_location="cpu", weights_only=False))
+        obj.load_state_dict(safe_load(ckpt / f"{name}.pt"))
     rng_file = ckpt / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise FileNotFoundError(
             f"{rng_file}: the checkpoint was written by fewer processes than are running now"
         )
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    set_rng_state(safe_load(rng_file))
     return json.loads((ckpt / "trainer_state.json").read_text())

@@ -7,7 +7,7 @@
 Everything runs on CPU with no Hub access. The task (rlhf/demo/corpus.py): product reviews from a seeded
 template grammar; the gold judge is the lexicon sentiment of the completion. The reward model learns the judge
 from noisy preference pairs; PPO optimises the reward model, and the evaluation asks the gold judge whether that
-helped. Outputs go to `run_dir` (see `write_report`).
+helped. Outputs go to `output_dir` (see `write_report`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 STAGES = ("sft", "rm", "ppo", "eval")
 
@@ -28,7 +28,11 @@ STAGES = ("sft", "rm", "ppo", "eval")
 class DemoConfig:
     """Offline SFT → reward model → PPO demo on a generated review corpus (defaults = recipes/demo.yaml)."""
 
-    run_dir: str = field(default="runs/demo", metadata={"help": "where models, metrics, plots and report go"})
+    RENAMED: ClassVar[dict[str, str]] = {"run_dir": "output_dir"}
+
+    output_dir: str = field(
+        default="runs/demo", metadata={"help": "where models, metrics, plots and report go"}
+    )
     stage: Literal["sft", "rm", "ppo", "eval", "all"] = field(
         default="all", metadata={"help": "run one stage (its inputs must exist) or all"}
     )
@@ -114,7 +118,7 @@ def _quiet_libraries() -> None:
 
 
 class RunDir:
-    """`run_dir/<stage>/` holds each stage's model and a `stage.json` (seconds + key numbers) once it finished."""
+    """`output_dir/<stage>/` holds each stage's model and a `stage.json` (seconds + key numbers) once it finished."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -147,7 +151,7 @@ def plan_stages(cfg: DemoConfig, run: RunDir) -> list[str]:
         what = "a finished run" if (run.path / "summary.json").is_file() else f"finished stage(s) {finished}"
         raise FileExistsError(
             f"{run.path} already holds {what}. Pass --overwrite to redo it, --resume to keep finished stages "
-            "and continue, or --run_dir <new dir>."
+            "and continue, or --output_dir <new dir>."
         )
     if cfg.resume:
         wanted = [s for s in wanted if s not in finished]
@@ -413,7 +417,7 @@ def prepare(cfg: DemoConfig) -> tuple[RunDir, list[str]]:
     """Every check that can fail on bad input, before any training: stages to run, existing outputs, and every
     model source (clear messages for missing paths and unreachable Hub ids)."""
     _quiet_libraries()
-    run = RunDir(cfg.run_dir)
+    run = RunDir(cfg.output_dir)
     todo = plan_stages(cfg, run)
     validate_sources(cfg, run, todo)
     return run, todo

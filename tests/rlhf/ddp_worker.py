@@ -1,4 +1,9 @@
-"""Run by test_ddp.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo)."""
+"""Run by test_ddp.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
+
+1. The split case (tests/rlhf/split_case.py): each rank updates on its half of the same global batch; the
+   weight changes are written for the test to compare with one process on the whole batch.
+2. 2-step training runs of the estimators named on the command line (adaptive KL, a checkpoint per step).
+"""
 
 import json
 import sys
@@ -6,13 +11,28 @@ from pathlib import Path
 
 import datasets
 import torch
+from safetensors.torch import save_file
 
 from recipes.common import end_distributed
 from rlhf import PPOConfig, PPOTrainer
 from rlhf.tiny import build_causal_lm, build_reward_model, build_tokenizer
+from tests.rlhf import split_case as case
+from tests.rlhf.test_update import CASES
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
+
+for estimator, loss_type in CASES:
+    trainer = case.trainer(out / "split", estimator, loss_type, micro=2, world=2)
+    acc = trainer.accelerator
+    critic = acc.unwrap_model(trainer.critic) if trainer.critic is not None else None
+    exp = case.experience(acc.unwrap_model(trainer.policy), critic)
+    half = case.BATCH // 2
+    before = case.weights(trainer)
+    trainer.update(exp.select(slice(acc.process_index * half, (acc.process_index + 1) * half)))
+    after = case.weights(trainer)
+    deltas = {k: (after[k] - before[k]).contiguous() for k in before}
+    save_file(deltas, str(out / f"split-{estimator}-{loss_type}-rank{acc.process_index}.safetensors"))
 tokenizer = build_tokenizer(
     ["the cat sat on the mat", "a dog ran in the park", "good good"] * 20, vocab_size=300
 )
@@ -40,6 +60,10 @@ for estimator in sys.argv[2:]:
         advantage_estimator=estimator,
         disable_tqdm=True,
         save_steps=1,
+        adaptive_kl=True,
+        kl_coef=0.1,
+        kl_target=0.01,
+        kl_horizon=50,
     )
     prompts = [f"prompt {i}" for i in range(16)]
     trainer = PPOTrainer(
@@ -60,6 +84,7 @@ for estimator in sys.argv[2:]:
                 "prompts": sorted(set(seen)),
                 "weights_equal_across_ranks": bool(torch.equal(gathered[0], gathered[-1])),
                 "history": history,
+                "kl_coef": trainer.kl_ctl.value,
             }
         )
     )

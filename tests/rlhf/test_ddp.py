@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +36,28 @@ def test_two_processes_do_equal_work_and_stay_in_sync(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for estimator in ("gae", "grpo"):
         check_run(tmp_path / estimator)
+    check_split_case(tmp_path)
+
+
+def check_split_case(out):
+    """Two processes, each on its half of the global batch, make the update one process makes on all of it."""
+    from safetensors.torch import load_file
+
+    from tests.rlhf import split_case as case
+    from tests.rlhf.test_update import CASES
+
+    for estimator, loss_type in CASES:
+        trainer = case.trainer(out / "single", estimator, loss_type, micro=case.BATCH)
+        acc = trainer.accelerator
+        critic = acc.unwrap_model(trainer.critic) if trainer.critic is not None else None
+        policy = acc.unwrap_model(trainer.policy)
+        reference = case.reference_step(policy, critic, case.experience(policy, critic), trainer.args)
+        ranks = [load_file(str(out / f"split-{estimator}-{loss_type}-rank{r}.safetensors")) for r in range(2)]
+        for name, expected in reference.items():
+            torch.testing.assert_close(
+                ranks[0][name], expected, rtol=1e-4, atol=1e-6, msg=f"{estimator} {name}"
+            )
+            assert torch.equal(ranks[0][name], ranks[1][name]), name
 
 
 def check_run(run_dir):
@@ -45,6 +69,9 @@ def check_run(run_dir):
     assert ranks[0]["weights_equal_across_ranks"] and ranks[1]["weights_equal_across_ranks"]
     # metrics are reduced across ranks, so both ranks log the same numbers
     assert ranks[0]["history"][-1]["reward"] == ranks[1]["history"][-1]["reward"]
+    # the adaptive KL controller moves on the all-rank KL: both ranks hold the same beta, and it moved
+    assert ranks[0]["kl_coef"] == ranks[1]["kl_coef"] != 0.1
+    assert [r["kl_coef"] for r in ranks[0]["history"]] == [r["kl_coef"] for r in ranks[1]["history"]]
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint")) == [
         "checkpoint-1",
         "checkpoint-2",

@@ -70,7 +70,7 @@ def test_shipped_yaml_equals_the_defaults():
 def short_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo") / "run"
     t0 = time.perf_counter()
-    summary = run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), *SHORT]))
+    summary = run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), *SHORT]))
     return run_dir, summary, time.perf_counter() - t0
 
 
@@ -117,24 +117,24 @@ def test_saved_policies_load_in_a_text_generation_pipeline(short_run):
 def test_finished_run_is_refused_unless_resume_or_overwrite(short_run):
     run_dir, summary, _ = short_run
     with pytest.raises(FileExistsError, match="already holds a finished run.*--overwrite.*--resume"):
-        run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), *SHORT]))
+        run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), *SHORT]))
     # the console script says it in one line, without a traceback
     with pytest.raises(SystemExit, match="^rlhf-demo: error: .* already holds a finished run"):
-        main(["--run_dir", str(run_dir)])
+        main(["--output_dir", str(run_dir)])
     # --resume with every stage finished trains nothing and rebuilds the same summary
     t0 = time.perf_counter()
-    assert run_demo(parse_config(DemoConfig, ["--run_dir", str(run_dir), "--resume", *SHORT])) == summary
+    assert run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), "--resume", *SHORT])) == summary
     assert time.perf_counter() - t0 < 20
 
 
 def test_unreachable_hub_id_fails_before_training(tmp_path):
-    cfg = parse_config(DemoConfig, ["--run_dir", str(tmp_path / "run"), "--sft_model", "gpt2"])
+    cfg = parse_config(DemoConfig, ["--output_dir", str(tmp_path / "run"), "--sft_model", "gpt2"])
     with pytest.raises(OSError, match=r"sft_model='gpt2' could not be loaded: .*offline"):
         run_demo(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
-    cfg = parse_config(DemoConfig, ["--run_dir", str(tmp_path / "run"), "--stage", "ppo"])
+    cfg = parse_config(DemoConfig, ["--output_dir", str(tmp_path / "run"), "--stage", "ppo"])
     with pytest.raises(FileNotFoundError, match="needs the sft stage's model.*--stage sft"):
         run_demo(cfg)

@@ -384,3 +384,37 @@ def test_reward_functions_receive_dataset_columns(tmp_path, tokenizer, policy):
     ds = dataset(answer=[p.upper() for p in PROMPTS])
     PPOTrainer(policy, uses_answer, small_config(tmp_path, max_steps=1), ds, tokenizer).train()
     assert seen and all(v == k.upper() for k, v in seen.items())
+
+
+@pytest.mark.parametrize("fallback", ["top_k", "bf16"])
+def test_kl_statistic_is_logged_and_moves_beta_with_kl_in_loss(tmp_path, tokenizer, policy, fallback):
+    """With the KL in the loss and no sampler log-probs (model.generate for top-k; bf16), the behaviour
+    log-probs come from the update's own forward, and so does the KL statistic the adaptive controller needs."""
+    extra = {"top_k": 20} if fallback == "top_k" else {"bf16": True}
+    args = small_config(
+        tmp_path,
+        advantage_estimator="grpo",
+        num_generations=2,
+        rollout_batch_size=2,
+        num_ppo_epochs=1,
+        kl_in_loss=True,
+        kl_estimator="k3",
+        adaptive_kl=True,
+        kl_coef=0.1,
+        kl_target=1e-4,
+        kl_horizon=10,
+        learning_rate=1e-2,
+        max_steps=3,
+        **extra,
+    )
+    trainer = PPOTrainer(policy, completion_chars, args, dataset(), tokenizer)
+    history = trainer.train()
+    kls = [row["kl"] for row in history]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is still the reference
+    assert kls[-1] > 0 and all(k is not None for k in kls)
+    # beta * (1 + clip(KL / target - 1, +-0.2) * n / horizon), n = 4 completions: down after step 1 (KL 0),
+    # up after the last (KL far above the target)
+    assert history[1]["kl_coef"] == pytest.approx(0.1 * (1 - 0.2 * 4 / 10))
+    assert kls[-1] > 1.2e-4
+    assert trainer.kl_ctl.value == pytest.approx(history[-1]["kl_coef"] * (1 + 0.2 * 4 / 10))
+    assert "kl_loss" in history[-1]
