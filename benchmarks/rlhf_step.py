@@ -3,6 +3,7 @@
     python benchmarks/rlhf_step.py                 # ~10M GPT-2, 64 completions x 64 new tokens, 5 measured steps
     python benchmarks/rlhf_step.py --steps 3 --only ours
     python benchmarks/rlhf_step.py --quick         # tiny sizes: a smoke run of the whole script
+    python benchmarks/rlhf_step.py --only ours --baseline ../base   # before vs after, interleaved in one run
 
 Workload (the same for every trainer): a GPT-2 policy (6 layers, 320 wide, 8k byte-level BPE trained on
 generated text, ~10M parameters), a reward model of the same shape, 16 prompts x 4 completions = 64 completions of
@@ -55,7 +56,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-OURS = ("gae", "reinforce_baseline", "rloo", "grpo")
+OURS = ("gae", "reinforce_pp", "reinforce_baseline", "rloo", "grpo")
 TRL = ("trl_grpo", "trl_rloo")
 FULL = dict(
     vocab=8192, n_layer=6, n_embd=320, n_head=5, prompts=16, group=4, new_tokens=64, prompt_words=(6, 12)
@@ -289,15 +290,18 @@ def matmul_peak_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
 
 
 class Worker:
-    def __init__(self, name: str, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, workdir: Path, repo: Path = REPO) -> None:
+        """`repo`: the checkout whose trainer runs (another one for --baseline: the same script from there)."""
         self.name = name
-        command = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir)]
+        self.label = name if name in TRL else f"{'ours' if repo == REPO else 'base'} {name}"
+        script = repo / "benchmarks" / "rlhf_step.py"
+        command = [sys.executable, str(script), "--worker", name, "--workdir", str(workdir)]
         command += ["--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
         command += ["--quick"] if args.quick else []
         command += ["--gradient-checkpointing", args.gradient_checkpointing]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
         self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=repo
         )
         self.rows: list[dict] = []
         self.peak_rss_mb = float("nan")
@@ -359,15 +363,26 @@ def report(workers: list[Worker], info: dict, peaks: list[float], args: argparse
         s["score_util"] = score_flops / s["score"] / peak
         s["update_util"] = update_flops / s["update"] / peak
         s["rss"] = w.peak_rss_mb
-        summary[w.name] = s
-        label = w.name if w.name in TRL else f"ours {w.name}"
+        summary[w.label] = s
         lines.append(
-            f"{label:<20}{s['step']:>8.3f}{s['generate']:>10.3f}{s['score']:>10.3f}{s['update']:>8.3f}"
+            f"{w.label:<20}{s['step']:>8.3f}{s['generate']:>10.3f}{s['score']:>10.3f}{s['update']:>8.3f}"
             f"{s['tokens'] / s['generate']:>8.0f}{s['length']:>6.1f}{s['gen_util']:>8.0%}{s['score_util']:>8.0%}"
             f"{s['update_util']:>8.0%}{s['rss']:>8.0f}"
         )
-    ours = [n for n in OURS if n in summary]
+    summary.update({n: summary[n] for n in TRL if n in summary})
+    ours = [n for n in OURS if f"ours {n}" in summary]
+    summary.update({n: summary[f"ours {n}"] for n in ours})
     peers = [n for n in TRL if n in summary]
+    based = [n for n in ours if f"base {n}" in summary]
+    if based:
+        lines.append("")
+        lines.append("ratios ours / base (same run)     s/step  generate  score+ref  update  peak RSS")
+        for name in based:
+            a, b = summary[name], summary[f"base {name}"]
+            lines.append(
+                f"{'ours ' + name:<20} / {'base':<10}{a['step'] / b['step']:>8.2f}{a['generate'] / b['generate']:>10.2f}"
+                f"{a['score'] / b['score']:>11.2f}{a['update'] / b['update']:>8.2f}{a['rss'] / b['rss']:>10.2f}"
+            )
     if ours and peers:
         lines.append("")
         lines.append(
@@ -417,6 +432,12 @@ def main(argv: list[str] | None = None) -> None:
         help="activation checkpointing in every trainer (off: the same work everywhere; on: the low-memory setting; "
         "each-default: ours off, TRL on, TRL's own default)",
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="another checkout of this repository (e.g. `git worktree add ../base HEAD~1`): its trainers run as "
+        "'base <name>' rows in the same rounds, and ours / base ratios are printed (before-vs-after a change)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -436,6 +457,13 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         info = build_workload(workdir, QUICK if args.quick else FULL)
         workers = [Worker(name, args, workdir) for name in names]
+        if args.baseline:
+            base = Path(args.baseline).resolve()
+            if not (base / "benchmarks" / "rlhf_step.py").is_file():
+                parser.error(
+                    f"--baseline {args.baseline}: no benchmarks/rlhf_step.py there (a checkout of this repo?)"
+                )
+            workers += [Worker(name, args, workdir, base) for name in names if name in OURS]
         for w in workers:  # all built before any timing starts
             w.read()
         peaks = []
