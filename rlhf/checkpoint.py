@@ -25,11 +25,6 @@ from safetensors.torch import load_file, save_file
 PREFIX = "checkpoint-"
 
 
-def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only what training changes (named_parameters() already lists tied weights once)."""
-    return {n: p.detach().contiguous().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != expected:
@@ -138,35 +133,76 @@ def resolve_checkpoint(path: str, output_dir: str | Path) -> Path:
     return ckpt
 
 
+def _deepspeed_safe_globals() -> list:
+    """The two DeepSpeed classes its optimizer files pickle (an enum and a plain loss-scale record): allowed in
+    the weights-only check below, which refuses anything else."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+def _check_deepspeed_files(directory: Path) -> None:
+    """DeepSpeed reads its own checkpoint files with torch.load(weights_only=False); read each one weights-only
+    first (tensors, plain containers and the allowed DeepSpeed records), so a planted object is refused before
+    DeepSpeed ever unpickles it."""
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        for path in sorted(directory.rglob("*.pt")):
+            safe_load(path)
+
+
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | Path,
     step: int,
-    models: dict[str, torch.nn.Module],
-    states: dict[str, Any],
+    trained: dict[str, tuple[Any, Any]],
+    schedulers: dict[str, Any],
     trainer_state: dict[str, Any],
     save_total_limit: int | None,
 ) -> Path | None:
-    """Write `checkpoint-<step>` atomically. `models` are unwrapped modules saved as trainable safetensors;
-    `states` are objects with state_dict() (optimizers, schedulers). Every rank must call this."""
+    """Write `checkpoint-<step>` atomically. Every rank must call this (gathering sharded weights is a collective).
+
+    trained: name -> (prepared model, prepared optimizer). Each model's trainable weights are gathered whole and
+    written as `<name>.safetensors` whatever the engine; the optimizer state is written as `<name>_optimizer.pt`
+    (DDP: the one replicated state; FSDP2: gathered whole, keyed by parameter name) or, under DeepSpeed, as the
+    engine's own per-rank checkpoint in `deepspeed/<name>/` (its fp32 master weights and sharded states)."""
+    from rlhf import engines
+
     final = Path(output_dir) / f"{PREFIX}{step}"
     tmp = Path(output_dir) / f".tmp-{PREFIX}{step}"
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        for name, model in models.items():
-            save_file(trainable_state_dict(model), str(tmp / f"{name}.safetensors"))
-        for name, obj in states.items():
-            torch.save(obj.state_dict(), tmp / f"{name}.pt")
+    for name, (model, optimizer) in trained.items():
+        full = accelerator.get_state_dict(model)  # whole on the main rank under every engine
+        if main:
+            names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+            weights = {k: v.detach().contiguous().cpu().clone() for k, v in full.items() if k in names}
+            save_file(weights, str(tmp / f"{name}.safetensors"))
+        if engines.is_deepspeed(accelerator):
+            model.save_checkpoint(str(tmp / "deepspeed" / name), tag="state", save_latest=False)
+        elif accelerator.distributed_type.value == "FSDP":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_optimizer_state_dict(model, optimizer.optimizer, options=options)
+            if main:
+                torch.save(state, tmp / f"{name}_optimizer.pt")
+        elif main:
+            torch.save(optimizer.state_dict(), tmp / f"{name}_optimizer.pt")
+    if main:
+        for name, scheduler in schedulers.items():
+            torch.save(scheduler.state_dict(), tmp / f"{name}_scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
+    if main:
+        for f in tmp.rglob("*"):  # make the bytes durable before the rename makes them visible
+            if f.is_file():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -178,16 +214,58 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    accelerator: Any, ckpt: Path, models: dict[str, torch.nn.Module], states: dict[str, Any]
+    accelerator: Any, ckpt: Path, trained: dict[str, tuple[Any, Any]], schedulers: dict[str, Any]
 ) -> dict[str, Any]:
-    for name, model in models.items():
-        load_trainable_state_dict(model, load_file(str(ckpt / f"{name}.safetensors")), f"{ckpt}/{name}")
-    for name, obj in states.items():
-        obj.load_state_dict(safe_load(ckpt / f"{name}.pt"))
+    """Restore what `save_checkpoint` wrote into the prepared models, optimizers and schedulers, and this rank's
+    RNG states; returns trainer_state.json. Needs the engine and process count the checkpoint was written with."""
+    from rlhf import engines
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    here = {"engine": engines.engine_name(accelerator), "world_size": accelerator.num_processes}
+    there = {
+        k: state.get(k, v if k == "engine" else None) for k, v in (("engine", "ddp"), ("world_size", None))
+    }
+    if there["world_size"] is not None and there != here:
+        raise ValueError(
+            f"{ckpt}: written under {there['engine']} with {there['world_size']} process(es), this run is "
+            f"{here['engine']} with {here['world_size']}: resume with the same engine and process count (the "
+            "model weights in its *.safetensors load anywhere)"
+        )
+    for name, (model, optimizer) in trained.items():
+        weights = load_file(str(ckpt / f"{name}.safetensors"))
+        if engines.is_deepspeed(accelerator):
+            directory = ckpt / "deepspeed" / name
+            _check_deepspeed_files(directory)
+            path, _ = model.load_checkpoint(str(directory), tag="state", load_lr_scheduler_states=False)
+            if path is None:
+                raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint for {name}")
+            continue
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.distributed_type.value == "FSDP":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            expected = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+            if set(weights) != expected:
+                raise ValueError(f"checkpoint {ckpt}/{name}: parameters do not match the model")
+            options = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(model, weights, options=options)
+            optim = safe_load(ckpt / f"{name}_optimizer.pt")
+            set_optimizer_state_dict(
+                model, optimizer.optimizer, optim, options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            load_trainable_state_dict(unwrapped, weights, f"{ckpt}/{name}")
+            optimizer.load_state_dict(safe_load(ckpt / f"{name}_optimizer.pt"))
+    for name, scheduler in schedulers.items():
+        scheduler.load_state_dict(safe_load(ckpt / f"{name}_scheduler.pt"))
     rng_file = ckpt / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise FileNotFoundError(
             f"{rng_file}: the checkpoint was written by fewer processes than are running now"
         )
     set_rng_state(safe_load(rng_file))
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    return state

@@ -182,6 +182,20 @@ class PPOConfig:
             "function to float rounding, less activation memory and time"
         },
     )
+    ref_offload: bool = field(
+        default=False,
+        metadata={
+            "help": "keep the reference and reward models on the CPU (their forwards run there), freeing "
+            "accelerator memory; otherwise they are sharded under FSDP2 / ZeRO-3 and copied per rank under DDP"
+        },
+    )
+    ddp_timeout: float = field(
+        default=1800.0,
+        metadata={
+            "help": "seconds a rank waits for the others in a collective before the run stops with an error "
+            "naming the rank and the phase (torch's default is 30 minutes)"
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the Hub"})
     report_to: list[str] = field(
         default_factory=list, metadata={"help": "accelerate trackers, e.g. [tensorboard] or [wandb]"}
@@ -241,6 +255,8 @@ class PPOConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {value}")
+        if not self.ddp_timeout > 0:
+            raise ValueError(f"PPOConfig.ddp_timeout must be > 0 seconds, got {self.ddp_timeout}")
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
 

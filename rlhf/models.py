@@ -124,11 +124,25 @@ class Critic(nn.Module):
         ).last_hidden_state  # (batch, seq, hidden)
         return self.head(hidden).squeeze(-1).float()  # (batch, seq)
 
-    def save(self, directory: str | Path) -> None:
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The body's transformer blocks: what FSDP2's transformer auto-wrap shards one by one."""
+        return getattr(self.backbone, "_no_split_modules", None)
+
+    def save(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """`critic.safetensors` (body + head; `state_dict` when gathered from a sharded engine) and the body's
+        config.json, in `directory`."""
         from safetensors.torch import save_file
 
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(Path(directory) / "critic.safetensors"))
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = state_dict if state_dict is not None else self.state_dict()
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()},
+            str(directory / "critic.safetensors"),
+        )
+        if hasattr(self.backbone, "config"):
+            self.backbone.config.save_pretrained(directory)
 
     def load(self, directory: str | Path) -> None:
         from safetensors.torch import load_file

@@ -71,7 +71,7 @@ class RewardModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        device = next(self.model.parameters()).device
+        device = next(self.model.parameters()).device  # the CPU when offloaded
         scores: list[float] = []
         old_side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "right"
@@ -176,13 +176,12 @@ def build_reward_funcs(
     reward_funcs: Any,
     tokenizer: PreTrainedTokenizerBase,
     reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
-    device: torch.device | str = "cpu",
     trust_remote_code: bool = False,
     fuse: bool = True,
 ) -> list[Callable]:
     """The trainer's `reward_funcs` argument (one or a list of Python functions, reward-model ids / paths /
-    models) as a list of callables with one signature. Reward models go to `device` in eval mode, dropout off
-    (N+ detail), with fused activations when `fuse`."""
+    models) as a list of callables with one signature. Reward models in eval mode, dropout off (N+ detail),
+    with fused activations when `fuse`; placing them on devices / engines is the trainer's job."""
     funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
     if not funcs:
         raise ValueError("reward_funcs: give at least one reward function or reward model")
@@ -198,7 +197,6 @@ def build_reward_funcs(
                 trust_remote_code,
                 field=f"reward_funcs[{i}]",
             )
-            rm.model.to(device)
             disable_dropout(rm.model)
             if fuse:
                 fuse_activations(rm.model)

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic import functional as F
 from classic.runlog import MetricsWriter, read_metrics
 from rlhf import checkpoint as ckpt_io
+from rlhf import engines
 from rlhf.advantages import get_estimator
 from rlhf.config import PPOConfig
 from rlhf.experience import Experience, annotate, make_experience
@@ -44,13 +43,6 @@ from rlhf.rewards import RewardModel, Scores, build_reward_funcs, reward_name, s
 from rlhf.rollout import Generator, Samples, ends_with_eos, forward_logprobs, forward_values
 
 RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
-
-
-def _has_accelerator() -> bool:
-    probe = getattr(torch, "accelerator", None)
-    if probe is not None and hasattr(probe, "is_available"):
-        return bool(probe.is_available())
-    return torch.cuda.is_available()
 
 
 class PPOTrainer:
@@ -77,14 +69,15 @@ class PPOTrainer:
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
     ) -> None:
         self.args = args = args or PPOConfig()
-        self.accelerator = acc = Accelerator(
-            # without cpu=True, accelerate treats processes started by `accelerate launch --multi_gpu` on a
-            # machine with no accelerator as independent single-process runs (gloo is never used)
-            cpu=not _has_accelerator(),
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            mixed_precision="bf16" if args.bf16 else "no",
-            log_with=args.report_to or None,
-            project_dir=args.output_dir,
+        # the engine `accelerate launch` asked for (DDP, FSDP2, ZeRO-2/3), also on CPU, or an error
+        self.accelerator = acc = engines.make_accelerator(
+            args.gradient_accumulation_steps,
+            "bf16" if args.bf16 else "no",
+            args.report_to or None,
+            args.output_dir,
+            args.ddp_timeout,
+            args.micro_batch_size,
+            args.max_grad_norm,
         )
         self.estimator = get_estimator(args.advantage_estimator)
         # models are built from the same seed on every rank (a fresh critic head, LoRA's A matrices); sampling
@@ -119,18 +112,11 @@ class PPOTrainer:
             disable_dropout(ref_model)
             if args.fuse_activations:
                 fuse_activations(ref_model)
-            ref_model = ref_model.eval().requires_grad_(False).to(acc.device)
-        self.ref_model = ref_model
         self.use_peft = peft_config is not None
 
         # --- rewards and the critic (only estimators that declare needs_critic get one) -----------------------
         self.reward_funcs = build_reward_funcs(
-            reward_funcs,
-            tokenizer,
-            reward_processing_classes,
-            acc.device,
-            args.trust_remote_code,
-            args.fuse_activations,
+            reward_funcs, tokenizer, reward_processing_classes, args.trust_remote_code, args.fuse_activations
         )
         self.reward_names = [reward_name(f) for f in self.reward_funcs]
         weights = args.reward_weights or [1.0] * len(self.reward_funcs)
@@ -163,20 +149,21 @@ class PPOTrainer:
             [p for p in policy.parameters() if p.requires_grad], lr=args.learning_rate, **opt_kwargs
         )
         self.schedulers = [self._scheduler(policy_opt)]
-        if critic is not None and acc.distributed_type == DistributedType.DEEPSPEED:
-            # accelerate drives one DeepSpeed engine per Accelerator (its backward goes to the last one)
-            raise ValueError(
-                "advantage_estimator='gae' trains a critic next to the policy, and accelerate's DeepSpeed "
-                "integration supports one trained model per Accelerator: use DDP or FSDP for gae, or a "
-                "critic-free estimator (rloo, grpo, reinforce_baseline, reinforce_pp) with DeepSpeed"
-            )
-        # one model per prepare call: FSDP2 refuses two models in the same call
+        # one model per prepare call (FSDP2 takes one; under DeepSpeed each trained model is its own engine)
         self.policy, self.policy_opt = acc.prepare(policy, policy_opt)
         self.critic = self.critic_opt = None
         if critic is not None:
             critic_opt = opt_cls(critic.parameters(), lr=args.critic_learning_rate, **opt_kwargs)
             self.schedulers.append(self._scheduler(critic_opt))
             self.critic, self.critic_opt = acc.prepare(critic, critic_opt)
+        # frozen models last (the critic may start as a copy of a reward model): sharded for inference under
+        # FSDP2 / ZeRO-3, whole on each rank otherwise, or on the CPU with ref_offload
+        self.ref_model = (
+            engines.prepare_frozen(acc, ref_model, args.ref_offload) if ref_model is not None else None
+        )
+        for func in self.reward_funcs:
+            if isinstance(func, RewardModel):
+                func.model = engines.prepare_frozen(acc, func.model, args.ref_offload)
         if args.adaptive_kl:
             self.kl_ctl: Any = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
         else:
@@ -188,8 +175,6 @@ class PPOTrainer:
             tokenizer.pad_token_id,
             args.top_k,
             args.top_p,
-            # FSDP / ZeRO-3 shard the weights: every rank must run the same number of forward passes
-            synced_gpus=acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED),
         )
         self.generator.sync_weights(acc.unwrap_model(self.policy))
         self.step = 0
@@ -291,7 +276,11 @@ class PPOTrainer:
             if self.use_peft:  # LoRA: the reference is the same network with its adapters off
                 with self.accelerator.unwrap_model(self.policy).disable_adapter():
                     return forward_logprobs(self.policy, *samples.inputs, self.args.temperature)[0]
-            return forward_logprobs(self.ref_model, *samples.inputs, self.args.temperature)[0]
+            device = engines.module_device(self.ref_model)  # the CPU with ref_offload
+            inputs = [x.to(device) for x in samples.inputs]
+            return forward_logprobs(self.ref_model, *inputs, self.args.temperature)[0].to(
+                self.accelerator.device
+            )
 
     def _critic_values(self, samples: Samples) -> torch.Tensor:
         with self.accelerator.autocast():
@@ -310,7 +299,10 @@ class PPOTrainer:
         self._set_training(False)
 
         t0 = time.perf_counter()
-        with self.accelerator.autocast():
+        # under FSDP2 / ZeRO-3 each rank holds the whole policy while it samples: rank-local forward passes, so
+        # ranks may generate different numbers of tokens
+        policy = self.accelerator.unwrap_model(self.policy)
+        with self.accelerator.autocast(), engines.gathered_parameters(self.accelerator, policy):
             samples = self.generator.generate(*self._left_pad([self.prompt_ids[i] for i in rows]))
 
         t1 = time.perf_counter()
@@ -463,7 +455,7 @@ class PPOTrainer:
         # policy and critic are separate networks, so backward(policy_loss) + backward(vf_coef * value_loss) gives
         # the gradients of their sum; doing it in two passes frees the policy's graph before the critic's is built
         # (peak memory is the larger graph, not both)
-        self.accelerator.backward((per_token * weights).sum() / denominator * scale)
+        engines.backward(self.accelerator, self.policy, (per_token * weights).sum() / denominator * scale)
         add("policy_loss", (terms.loss * weights).sum() / denominator)
         add("tokens", mask.sum())
         add("clip_fraction_low", (terms.clipped_low * mask).sum())
@@ -476,32 +468,29 @@ class PPOTrainer:
                 values, micro.old_values, micro.returns, args.value_clip_eps
             )
             value_loss = (error * weights).sum() / denominator
-            self.accelerator.backward(args.vf_coef * value_loss * scale)
+            engines.backward(self.accelerator, self.critic, args.vf_coef * value_loss * scale)
             add("value_loss", value_loss)
             add("value_clip_fraction", (clipped * mask).sum())
 
     def _optimizer_step(self) -> dict[str, torch.Tensor]:
         """Clip, step and zero each trained model; returns their gradient norms (before clipping)."""
-        acc = self.accelerator
         norms = {}
-        for key, model, opt in (
+        trained = (
             ("grad_norm", self.policy, self.policy_opt),
             ("critic_grad_norm", self.critic, self.critic_opt),
-        ):
+        )
+        for key, model, opt in trained:
             if model is None:
                 continue
-            # the norm is over gradients already averaged across ranks, so every rank sees the same value
-            norm = acc.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+            norm = engines.optimizer_step(self.accelerator, model, opt, self.args.max_grad_norm)
             if norm is not None:
-                if not torch.isfinite(torch.as_tensor(norm)):
+                if not torch.isfinite(norm):
                     last = ckpt_io.list_checkpoints(self.args.output_dir)
                     raise FloatingPointError(
                         f"non-finite loss/gradient at step {self.step + 1}; training stopped without saving. "
                         f"Last good checkpoint: {last[-1] if last else 'none'}"
                     )
-                norms[key] = torch.as_tensor(norm).detach()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+                norms[key] = norm
         return norms
 
     # ------------------------------------------------------------------------------------------------------
@@ -582,34 +571,35 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------------------
     def _checkpoint_parts(self) -> tuple[dict, dict]:
-        acc = self.accelerator
-        models = {"policy": acc.unwrap_model(self.policy)}
-        states: dict[str, Any] = {"policy_optimizer": self.policy_opt, "policy_scheduler": self.schedulers[0]}
+        trained = {"policy": (self.policy, self.policy_opt)}
+        schedulers = {"policy": self.schedulers[0]}
         if self.critic is not None:
-            models["critic"] = acc.unwrap_model(self.critic)
-            states.update(critic_optimizer=self.critic_opt, critic_scheduler=self.schedulers[1])
-        return models, states
+            trained["critic"] = (self.critic, self.critic_opt)
+            schedulers["critic"] = self.schedulers[1]
+        return trained, schedulers
 
     def save_checkpoint(self) -> Path | None:
-        models, states = self._checkpoint_parts()
+        trained, schedulers = self._checkpoint_parts()
         state = {
             "step": self.step,
             "kl_controller": self.kl_ctl.state_dict(),
+            "engine": engines.engine_name(self.accelerator),
+            "world_size": self.accelerator.num_processes,
             "config": dataclasses.asdict(self.args),
         }
         return ckpt_io.save_checkpoint(
             self.accelerator,
             self.args.output_dir,
             self.step,
-            models,
-            states,
+            trained,
+            schedulers,
             state,
             self.args.save_total_limit,
         )
 
     def _resume(self, path: Path) -> None:
-        models, states = self._checkpoint_parts()
-        state = ckpt_io.load_checkpoint(self.accelerator, path, models, states)
+        trained, schedulers = self._checkpoint_parts()
+        state = ckpt_io.load_checkpoint(self.accelerator, path, trained, schedulers)
         self.step = state["step"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         metrics = Path(self.args.output_dir) / "metrics.jsonl"
@@ -622,14 +612,27 @@ class PPOTrainer:
             writer.close()
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
-        """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer."""
+        """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer, with a full state dict
+        under every engine (gathered from the shards under FSDP2 / ZeRO-3), loadable with from_pretrained; the
+        critic (gae) goes to `critic/` next to it (`rlhf.models.Critic.load`)."""
         output_dir = Path(output_dir or self.args.output_dir)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            policy = self.accelerator.unwrap_model(self.policy)
-            policy.save_pretrained(output_dir, state_dict=self.accelerator.get_state_dict(self.policy))
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state = acc.get_state_dict(self.policy)  # a collective under sharded engines: every rank calls it
+        critic_state = acc.get_state_dict(self.critic) if self.critic is not None else None
+        if acc.is_main_process:
+            policy = acc.unwrap_model(self.policy)
+            # a gathered state dict holds tied weights (GPT-2's LM head) as separate copies: keep one name each,
+            # as save_pretrained does for a model's own state dict
+            first: dict[int, str] = {}
+            for name, param in policy.named_parameters(remove_duplicate=False):
+                first.setdefault(id(param), name)
+            tied = {name for name, param in policy.named_parameters(remove_duplicate=False)} - set(first.values())
+            policy.save_pretrained(output_dir, state_dict={k: v for k, v in state.items() if k not in tied})
             self.tokenizer.save_pretrained(output_dir)
-        self.accelerator.wait_for_everyone()
+            if critic_state is not None:
+                acc.unwrap_model(self.critic).save(output_dir / "critic", critic_state)
+        acc.wait_for_everyone()
 
     def generate_samples(self) -> tuple[list, list[str]]:
         """The first prompts and completions of the last rollout (for a quick look)."""

@@ -109,7 +109,7 @@ ACCELERATE_CONFIGS = {
     "single_gpu": "NO",
     "cpu": "NO",
     "ddp": "MULTI_GPU",
-    "fsdp": "FSDP",
+    "fsdp2": "FSDP",
     "deepspeed_zero2": "DEEPSPEED",
     "deepspeed_zero3": "DEEPSPEED",
 }
@@ -133,9 +133,11 @@ def test_accelerate_configs_parse_with_the_expected_keys(name, distributed_type)
     assert str(config.distributed_type).endswith(distributed_type)
     if name.startswith("deepspeed"):
         assert raw["deepspeed_config"]["zero_stage"] == int(name[-1])
-    if name == "fsdp":
-        assert raw["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
+    if name == "fsdp2":
+        assert raw["fsdp_config"]["fsdp_version"] == 2  # FSDP1 is refused by the trainer
         assert raw["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    if name.startswith("deepspeed"):
+        assert raw["deepspeed_config"]["zero3_init_flag"] is False  # the reference starts as a copy
     launch = [line for line in path.read_text().splitlines() if line.startswith("# accelerate launch")]
     assert launch and f"--config_file recipes/accelerate/{name}.yaml" in launch[0]
 

@@ -295,14 +295,13 @@ def test_report_to_tensorboard_logs_what_metrics_jsonl_holds(tmp_path, tokenizer
     assert [row["reward"] for row in written] == [row["reward"] for row in history]
 
 
-def test_gae_under_deepspeed_is_refused_with_a_clear_error(tmp_path, tokenizer, policy, monkeypatch):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
+def test_an_engine_that_is_asked_for_but_not_set_up_is_an_error(tmp_path, tokenizer, policy, monkeypatch):
+    """A launch config asking for FSDP or DeepSpeed gets that engine or an error, never plain data parallel."""
+    from rlhf import engines
 
-    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
-    args = small_config(tmp_path, advantage_estimator="gae")
-    with pytest.raises(ValueError, match="advantage_estimator='gae'.*DeepSpeed"):
-        PPOTrainer(policy, count_good, args, dataset(), tokenizer)
+    monkeypatch.setattr(engines, "requested_engine", lambda: "fsdp")
+    with pytest.raises(RuntimeError, match="asks for fsdp but accelerate set up NO.*refusing"):
+        PPOTrainer(policy, count_good, small_config(tmp_path), dataset(), tokenizer)
 
 
 # --- bad input -------------------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""PPO with a critic and GRPO under DDP, FSDP2, ZeRO-2 and ZeRO-3, 2 CPU processes launched as users launch
+them: after the same steps from the same seed, the saved policy (and critic) equal the DDP run's."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORKER = Path(__file__).with_name("engine_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = {
+    "ddp": ["--multi_gpu"],
+    "fsdp": ["--config_file", str(ROOT / "recipes/accelerate/fsdp2.yaml")],
+    "zero2": ["--config_file", str(ROOT / "recipes/accelerate/deepspeed_zero2.yaml")],
+    "zero3": ["--config_file", str(ROOT / "recipes/accelerate/deepspeed_zero3.yaml")],
+}
+
+
+def launch(engine: str, out: Path, estimators=("gae", "grpo")) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *CONFIGS[engine], "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(WORKER), str(out)]
+    proc = subprocess.run([*cmd, *estimators], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch("ddp", out)
+    return out
+
+
+def weights(run: Path, estimator: str) -> dict[str, torch.Tensor]:
+    final = run / estimator / "final"
+    state = {f"policy.{k}": v for k, v in load_file(str(final / "model.safetensors")).items()}
+    if (final / "critic").is_dir():
+        state.update(
+            {f"critic.{k}": v for k, v in load_file(str(final / "critic" / "critic.safetensors")).items()}
+        )
+    return state
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "zero3", pytest.param("zero2", marks=pytest.mark.slow)])
+def test_engine_trains_the_same_weights_as_ddp(tmp_path, ddp_run, engine):
+    if engine.startswith("zero"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is in the dev extra: pip install -e '.[dev]'")
+    launch(engine, tmp_path)
+    for estimator in ("gae", "grpo"):
+        result = json.loads((tmp_path / estimator / "result.json").read_text())
+        assert result["engine"] == engine and result["world"] == 2
+        reference = json.loads((ddp_run / estimator / "result.json").read_text())
+        assert reference["engine"] == "ddp"
+        expected, got = weights(ddp_run, estimator), weights(tmp_path, estimator)
+        assert got.keys() == expected.keys() and any(k.startswith("critic.") for k in got) == (
+            estimator == "gae"
+        )
+        for name, value in expected.items():
+            torch.testing.assert_close(
+                got[name], value, rtol=1e-4, atol=1e-5, msg=f"{engine} {estimator} {name}"
+            )
+        # the same completions and rewards: both runs sampled the same tokens
+        for a, b in zip(result["history"], reference["history"]):
+            assert a["reward"] == pytest.approx(b["reward"], abs=1e-5)
+            assert a["policy_loss"] == pytest.approx(b["policy_loss"], rel=1e-3, abs=1e-6)
