@@ -627,7 +627,9 @@ class PPOTrainer:
             first: dict[int, str] = {}
             for name, param in policy.named_parameters(remove_duplicate=False):
                 first.setdefault(id(param), name)
-            tied = {name for name, param in policy.named_parameters(remove_duplicate=False)} - set(first.values())
+            tied = {name for name, param in policy.named_parameters(remove_duplicate=False)} - set(
+                first.values()
+            )
             policy.save_pretrained(output_dir, state_dict={k: v for k, v in state.items() if k not in tied})
             self.tokenizer.save_pretrained(output_dir)
             if critic_state is not None:
