@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,10 @@ def safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         raise ValueError(
-            f"{path}: refusing to load, it holds pickled objects other than tensors and plain containers "
-            f"(loading it could run code); was it written by this trainer? ({str(err).splitlines()[0]})"
+            f"{path}: refusing to load, it holds a pickled object other than tensors and plain containers "
+            f"({found.group(1) if found else 'unknown'}; loading it could run code). Was it written by this trainer?"
         ) from err
 
 
@@ -134,12 +136,14 @@ def resolve_checkpoint(path: str, output_dir: str | Path) -> Path:
 
 
 def _deepspeed_safe_globals() -> list:
-    """The two DeepSpeed classes its optimizer files pickle (an enum and a plain loss-scale record): allowed in
-    the weights-only check below, which refuses anything else."""
+    """The DeepSpeed classes its optimizer files pickle (an enum, a loss-scale record, ZeRO-2's parameter-slice
+    record; plain data, no code runs to rebuild them): allowed in the weights-only check below, which refuses
+    anything else."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 def _check_deepspeed_files(directory: Path) -> None:

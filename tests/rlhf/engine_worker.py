@@ -1,7 +1,10 @@
 """Run by test_engines.py under `accelerate launch --config_file recipes/accelerate/<engine>.yaml --num_processes 2`
 (CPU, gloo): 2 steps of each estimator named on the command line on a tiny GPT-2, then save_model; rank 0 writes
-the final policy (and critic) weights and the metrics for the test to compare across engines."""
+the final policy (and critic) weights and the metrics for the test to compare across engines. With `resume` after
+the estimators, for the first estimator: a 3-step run straight, and a 3-step run that crashes in step 3 and is
+resumed from its step-2 checkpoint by a new trainer; both saved for the test to compare."""
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -19,16 +22,21 @@ torch.set_num_threads(1)
 tokenizer = build_tokenizer(
     ["the cat sat on the mat", "a dog ran in the park", "good good"] * 20, vocab_size=300
 )
+calls = {"n": 0, "crash_at": None}
 
 
 def count_good(prompts, completions, **columns):
+    calls["n"] += 1
+    if calls["n"] == calls["crash_at"]:
+        raise KeyboardInterrupt("simulated crash")  # on every rank in the same step
     return [float(c.count("good")) + len(c) / 100 for c in completions]
 
 
-for estimator in sys.argv[2:]:
+def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **overrides) -> PPOTrainer:
+    calls["n"] = 0
     args = PPOConfig(
-        output_dir=str(out / estimator),
-        max_steps=2,
+        output_dir=str(directory),
+        max_steps=max_steps,
         rollout_batch_size=4,
         num_generations=2,
         mini_batch_size=4,
@@ -40,6 +48,7 @@ for estimator in sys.argv[2:]:
         advantage_estimator=estimator,
         kl_coef=0.1,
         disable_tqdm=True,
+        **overrides,
     )
     trainer = PPOTrainer(
         build_causal_lm(tokenizer, seed=0),
@@ -49,13 +58,27 @@ for estimator in sys.argv[2:]:
         tokenizer,
     )
     history = trainer.train()
-    trainer.save_model(out / estimator / "final")
+    trainer.save_model(directory / f"final{tag}")
     acc = trainer.accelerator
     if acc.is_main_process:
-        (out / estimator / "result.json").write_text(
+        (directory / f"result{tag}.json").write_text(
             json.dumps({"engine": engine_name(acc), "world": acc.num_processes, "history": history})
         )
     acc.wait_for_everyone()
-    accelerator = trainer.accelerator
-    del trainer
+    return trainer
+
+
+estimators = [a for a in sys.argv[2:] if a != "resume"]
+for estimator in estimators:
+    accelerator = run(estimator, out / estimator).accelerator
+if "resume" in sys.argv[2:]:
+    run(estimators[0], out / "straight", max_steps=3)
+    calls["crash_at"] = 3
+    with contextlib.suppress(KeyboardInterrupt):
+        run(estimators[0], out / "crashed", max_steps=3, save_steps=2)
+    calls["crash_at"] = None
+    resumed = run(
+        estimators[0], out / "crashed", max_steps=3, tag="-resumed", resume_from_checkpoint="latest"
+    )
+    accelerator = resumed.accelerator
 end_distributed(accelerator)

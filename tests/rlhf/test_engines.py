@@ -21,7 +21,7 @@ CONFIGS = {
 }
 
 
-def launch(engine: str, out: Path, estimators=("gae", "grpo")) -> None:
+def launch(engine: str, out: Path, estimators=("gae", "grpo", "resume")) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *CONFIGS[engine], "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(WORKER), str(out)]
@@ -32,12 +32,12 @@ def launch(engine: str, out: Path, estimators=("gae", "grpo")) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    launch("ddp", out)
+    launch("ddp", out, ("gae", "grpo"))
     return out
 
 
-def weights(run: Path, estimator: str) -> dict[str, torch.Tensor]:
-    final = run / estimator / "final"
+def weights(run: Path, estimator: str, tag: str = "") -> dict[str, torch.Tensor]:
+    final = run / estimator / f"final{tag}"
     state = {f"policy.{k}": v for k, v in load_file(str(final / "model.safetensors")).items()}
     if (final / "critic").is_dir():
         state.update(
@@ -68,3 +68,15 @@ def test_engine_trains_the_same_weights_as_ddp(tmp_path, ddp_run, engine):
         for a, b in zip(result["history"], reference["history"]):
             assert a["reward"] == pytest.approx(b["reward"], abs=1e-5)
             assert a["policy_loss"] == pytest.approx(b["policy_loss"], rel=1e-3, abs=1e-6)
+    check_resume(tmp_path)
+
+
+def check_resume(run: Path) -> None:
+    """3 steps straight == 2 steps, a checkpoint, a crash in step 3, a new trainer resumed from the checkpoint
+    (gae: policy and critic, their optimizers and schedulers, every rank's RNG); bitwise on CPU."""
+    straight, resumed = weights(run, "straight"), weights(run, "crashed", "-resumed")
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
+    history = json.loads((run / "crashed" / "result-resumed.json").read_text())["history"]
+    assert [row["step"] for row in history] == [3]  # only the third step ran after the resume
