@@ -99,7 +99,7 @@ def safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
         raise ValueError(
             f"{path}: refusing to load, it holds a pickled object other than tensors and plain containers "
             f"({found.group(1) if found else 'unknown'}; loading it could run code). Was it written by this trainer?"
