@@ -217,3 +217,60 @@ def prepare_frozen(acc: Accelerator, model: torch.nn.Module, offload: bool = Fal
 
 def module_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+# --- hangs -------------------------------------------------------------------------------------------------------
+
+
+class Watchdog:
+    """Turns a rank that stalls into an error that names it, instead of a silent wait.
+
+    `check_in(phase)` is a monitored barrier (on a gloo group: it works beside NCCL too) after rank-local work:
+    rank 0 waits up to `timeout_s` for every rank and raises naming the ranks that did not arrive. `phase(name)`
+    wraps a stage whose collectives may time out (`ddp_timeout`), re-raising the backend's error with this rank
+    and the stage's name. One process: both do nothing."""
+
+    def __init__(self, acc: Accelerator, timeout_s: float) -> None:
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.timeout = timedelta(seconds=timeout_s)
+        self.group = None
+        if self.world > 1:
+            import torch.distributed as dist
+
+            # a side group on gloo unless the default one already is (monitored_barrier is gloo-only)
+            self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def _error(self, where: str, err: BaseException) -> RuntimeError:
+        return RuntimeError(
+            f"rank {self.rank}/{self.world}: {where} (ddp_timeout={self.timeout.total_seconds():g} s; a rank that "
+            f"stalls or dies, e.g. in a reward function that never returns, leaves the others waiting): {err}"
+        )
+
+    def check_in(self, phase: str) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        try:
+            dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
+        except RuntimeError as err:
+            raise self._error(f"not every rank finished '{phase}' in time", err) from err
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as err:
+            text = str(err).lower()
+            if (
+                self.world > 1
+                and not text.startswith(f"rank {self.rank}/")
+                and (
+                    "timed out" in text
+                    or "timeout" in text
+                    or "connection closed" in text
+                    or "connection reset" in text
+                )
+            ):
+                raise self._error(f"a collective in '{name}' did not complete", err) from err
+            raise

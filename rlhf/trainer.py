@@ -178,6 +178,7 @@ class PPOTrainer:
         )
         self.generator.sync_weights(acc.unwrap_model(self.policy))
         self.step = 0
+        self.watchdog = engines.Watchdog(acc, args.ddp_timeout)
         # every rank samples different completions (N+ detail: seed + rank * 100003)
         torch.manual_seed(args.seed + acc.process_index * 100003)
 
@@ -319,6 +320,9 @@ class PPOTrainer:
             prompt_indices=rows,
         )
 
+        # generation and scoring are rank-local: a rank stuck there (a reward function that never returns) would
+        # leave the others waiting in the next collective; the check-in names it instead
+        self.watchdog.check_in("generate + score")
         t2 = time.perf_counter()
         annotations = annotate(
             samples,
@@ -523,17 +527,20 @@ class PPOTrainer:
         while self.step < args.max_steps:
             t_step = time.perf_counter()
             # 1. generate -> score -> annotate -> make_experience (no gradients)
-            experience, stats = self.rollout(self._batch_indices(self.step))
+            with self.watchdog.phase("rollout"):
+                experience, stats = self.rollout(self._batch_indices(self.step))
             # 2. PPO epochs over the frozen experience
             t0 = time.perf_counter()
-            stats.update(self.update(experience))
+            with self.watchdog.phase("update"):
+                stats.update(self.update(experience))
             # 3. the generator samples from the updated weights (a no-op in process; an engine copies them)
             self.generator.sync_weights(acc.unwrap_model(self.policy))
             stats["time/update"] = time.perf_counter() - t0
             stats["time/step"] = time.perf_counter() - t_step
             self.step += 1
             # 4. metrics reduced over ranks; the KL controller moves on the all-rank KL, so every rank's beta agrees
-            row = self._gather_metrics(stats)
+            with self.watchdog.phase("metrics"):
+                row = self._gather_metrics(stats)
             if row.get("kl") is not None:
                 self.kl_ctl.update(row["kl"], args.batch_size * acc.num_processes)
             history.append(row)
@@ -545,7 +552,8 @@ class PPOTrainer:
             bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl') or 0:.3f}")
             # 5. checkpoint
             if (args.save_steps and self.step % args.save_steps == 0) or self.step == args.max_steps:
-                self.save_checkpoint()
+                with self.watchdog.phase("checkpoint"):
+                    self.save_checkpoint()
         bar.close()
         if writer is not None:
             writer.close()

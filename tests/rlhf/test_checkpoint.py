@@ -18,7 +18,10 @@ class Planted:
 def test_a_planted_pickle_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "policy_optimizer.pt"
     torch.save({"state": {}, "param_groups": [], "payload": Planted()}, path)
-    with pytest.raises(ValueError, match=r"policy_optimizer.pt: refusing to load.*\((posix|os)\.system; loading it could run code"):
+    with pytest.raises(
+        ValueError,
+        match=r"policy_optimizer.pt: refusing to load.*\((posix|os)\.system; loading it could run code",
+    ):
         ckpt_io.safe_load(path)
     torch.save(
         {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}, path

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -77,3 +78,24 @@ def check_run(run_dir):
         "checkpoint-2",
     ]
     assert {f"rng_state_{r}.pt" for r in range(2)} <= {p.name for p in (run_dir / "checkpoint-2").iterdir()}
+
+
+def test_a_stalled_rank_is_named_instead_of_a_silent_hang(tmp_path):
+    """Rank 1 never returns from its reward function: with ddp_timeout=5 the run stops within seconds, and the
+    error names the stalled rank and the phase (torch's default would wait 30 minutes without a word)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, str(WORKER.with_name("hang_worker.py")), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert "rank 0/2: not every rank finished 'generate + score' in time (ddp_timeout=5 s" in proc.stderr
+    assert "Rank 1 failed to pass monitoredBarrier" in proc.stderr
+    assert elapsed < 120, elapsed  # the sleeping rank is not waited for
