@@ -133,6 +133,23 @@ def shards_parameters(acc: Accelerator) -> bool:
     return acc.distributed_type == DistributedType.FSDP or engine_name(acc) == "zero3"
 
 
+@contextlib.contextmanager
+def whole_models(acc: Accelerator) -> Iterator[None]:
+    """Models loaded inside are whole, not ZeRO-3-partitioned at load time: accelerate registers its DeepSpeed
+    config with transformers, whose from_pretrained then partitions every model it loads under ZeRO-3, and the
+    trainer deep-copies the loaded policy (reference, critic) and resizes embeddings before preparing them."""
+    if not is_deepspeed(acc):
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        acc.state.deepspeed_plugin.set_deepspeed_weakref()
+
+
 # --- trained networks ------------------------------------------------------------------------------------------
 
 

@@ -84,58 +84,67 @@ class PPOTrainer:
         # then draws per rank (below)
         torch.manual_seed(args.seed)
 
-        # --- policy, tokenizer, reference ---------------------------------------------------------------
-        policy = load_policy(model, args.trust_remote_code, field="model")
-        if processing_class is None:
-            source = model if isinstance(model, str) else policy.config._name_or_path
-            processing_class = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-        self.tokenizer = tokenizer = processing_class
-        ensure_pad_token(tokenizer, policy)
-        if tokenizer.eos_token_id is None:
-            raise ValueError("processing_class: the tokenizer has no EOS token; completions could never end")
-        tokenizer.padding_side = "left"
-        disable_dropout(policy)
-        if args.fuse_activations:  # before the reference and critic copies are made, so they share it
-            fuse_activations(policy)
-        if ref_model is None and peft_config is None and self.needs_reference:
-            ref_model = copy.deepcopy(policy)
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            policy = get_peft_model(policy, peft_config)
-            disable_dropout(policy)  # LoRA's own dropout too: the update runs in training mode
-        if args.gradient_checkpointing:
-            enable_activation_checkpointing(policy)
+        with engines.whole_models(acc):  # DeepSpeed: load whole models; they are sharded when prepared
+            # --- policy, tokenizer, reference ---------------------------------------------------------------
+            policy = load_policy(model, args.trust_remote_code, field="model")
+            if processing_class is None:
+                source = model if isinstance(model, str) else policy.config._name_or_path
+                processing_class = AutoTokenizer.from_pretrained(
+                    source, trust_remote_code=args.trust_remote_code
+                )
+            self.tokenizer = tokenizer = processing_class
+            ensure_pad_token(tokenizer, policy)
+            if tokenizer.eos_token_id is None:
+                raise ValueError(
+                    "processing_class: the tokenizer has no EOS token; completions could never end"
+                )
+            tokenizer.padding_side = "left"
+            disable_dropout(policy)
+            if args.fuse_activations:  # before the reference and critic copies are made, so they share it
+                fuse_activations(policy)
+            if ref_model is None and peft_config is None and self.needs_reference:
+                ref_model = copy.deepcopy(policy)
             if peft_config is not None:
-                policy.enable_input_require_grads()
-        if ref_model is not None:
-            disable_dropout(ref_model)
-            if args.fuse_activations:
-                fuse_activations(ref_model)
-        self.use_peft = peft_config is not None
+                from peft import get_peft_model
 
-        # --- rewards and the critic (only estimators that declare needs_critic get one) -----------------------
-        self.reward_funcs = build_reward_funcs(
-            reward_funcs, tokenizer, reward_processing_classes, args.trust_remote_code, args.fuse_activations
-        )
-        self.reward_names = [reward_name(f) for f in self.reward_funcs]
-        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
-        if len(weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward functions"
-            )
-        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
-        critic = None
-        if self.estimator.needs_critic:
-            reward_models = [f.model for f in self.reward_funcs if isinstance(f, RewardModel)]
-            critic = build_critic(
-                args.critic_init,
-                policy.get_base_model() if self.use_peft else policy,
-                reward_models[0] if reward_models else None,
-                value_model,
-                args.gradient_checkpointing,
+                policy = get_peft_model(policy, peft_config)
+                disable_dropout(policy)  # LoRA's own dropout too: the update runs in training mode
+            if args.gradient_checkpointing:
+                enable_activation_checkpointing(policy)
+                if peft_config is not None:
+                    policy.enable_input_require_grads()
+            if ref_model is not None:
+                disable_dropout(ref_model)
+                if args.fuse_activations:
+                    fuse_activations(ref_model)
+            self.use_peft = peft_config is not None
+
+            # --- rewards and the critic (only estimators that declare needs_critic get one) -----------------------
+            self.reward_funcs = build_reward_funcs(
+                reward_funcs,
+                tokenizer,
+                reward_processing_classes,
+                args.trust_remote_code,
                 args.fuse_activations,
             )
+            self.reward_names = [reward_name(f) for f in self.reward_funcs]
+            weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+            if len(weights) != len(self.reward_funcs):
+                raise ValueError(
+                    f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward functions"
+                )
+            self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+            critic = None
+            if self.estimator.needs_critic:
+                reward_models = [f.model for f in self.reward_funcs if isinstance(f, RewardModel)]
+                critic = build_critic(
+                    args.critic_init,
+                    policy.get_base_model() if self.use_peft else policy,
+                    reward_models[0] if reward_models else None,
+                    value_model,
+                    args.gradient_checkpointing,
+                    args.fuse_activations,
+                )
 
         # --- data ----------------------------------------------------------------------------------------
         self._prepare_dataset(train_dataset, policy)

@@ -255,3 +255,41 @@ def test_ddp_two_cpu_processes(assets, tmp_path):
         extra_env={"ACCELERATE_USE_CPU": "true"},
     )
     check_ppo_run(result, out, processes=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed_zero2", "deepspeed_zero3"])
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("recipes/qwen_gsm8k_ppo.yaml", ("--rollout_batch_size", "4", "--mini_batch_size", "2")),
+        (
+            "recipes/qwen_gsm8k_grpo_lora.yaml",
+            ("--rollout_batch_size", "2", "--num_generations", "2", "--mini_batch_size", "4"),
+        ),
+    ],
+)
+def test_recipes_under_sharded_engines(assets, tmp_path, engine, config, extra):
+    """The same recipe, only the accelerate config changed: 2 CPU processes under FSDP2 / ZeRO-2 / ZeRO-3."""
+    if engine.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    out = tmp_path / "out"
+    overrides = [
+        "--model_name_or_path",
+        assets["lm"],
+        "--dataset_name",
+        assets["gsm8k"],
+        "--output_dir",
+        str(out),
+    ]
+    result = launch(
+        "ppo.py",
+        config,
+        *overrides,
+        *SMALL_PPO,
+        *extra,
+        accelerate_config=f"recipes/accelerate/{engine}.yaml",
+        accelerate_args=("--num_processes", "2"),
+    )
+    rows = check_ppo_run(result, out, processes=2)
+    assert ("value_loss" in rows[0]) == config.endswith("_ppo.yaml")

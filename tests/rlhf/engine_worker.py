@@ -6,6 +6,7 @@ resumed from its step-2 checkpoint by a new trainer; both saved for the test to 
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,11 @@ tokenizer = build_tokenizer(
     ["the cat sat on the mat", "a dog ran in the park", "good good"] * 20, vocab_size=300
 )
 calls = {"n": 0, "crash_at": None}
+# the policy is loaded from a path, as users do: under ZeRO-3 from_pretrained must not partition it at load time
+# (the trainer copies it for the reference); one copy per rank, so no rank reads a half-written file
+BASE = out / f"base-rank{os.environ.get('RANK', '0')}"
+build_causal_lm(tokenizer, seed=0).save_pretrained(BASE)
+tokenizer.save_pretrained(BASE)
 
 
 def count_good(prompts, completions, **columns):
@@ -51,7 +57,7 @@ def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **ov
         **overrides,
     )
     trainer = PPOTrainer(
-        build_causal_lm(tokenizer, seed=0),
+        str(BASE),
         [build_reward_model(tokenizer, seed=1), count_good],
         args,
         datasets.Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(16)]}),
