@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,54 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a `metrics.jsonl`. A last line that does not parse is what a crash mid-`write` leaves (power
+    loss, a full disk): it is dropped with a warning naming the file and line, so the rows before it stay
+    usable. A bad line anywhere else is damage nobody should paper over: a ValueError naming file and line."""
+    path = Path(path)
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1:
+                warnings.warn(
+                    f"{path}: line {number} is a torn (incomplete) last row, dropped ({err.msg})",
+                    stacklevel=2,
+                )
+                break
+            raise ValueError(
+                f"{path}: line {number} is not valid JSON ({err.msg}); the file is damaged"
+            ) from None
+    return rows
+
+
+def truncate_metrics(path: str | Path, max_step: int, key: str = "step") -> list[dict[str, Any]]:
+    """Keep the rows with `row[key] <= max_step` (what a run resumed from the checkpoint of step `max_step`
+    has logged), replacing the file atomically: the rows go to a temporary file in the same directory, are
+    fsynced and renamed over the original, so a kill at any moment leaves either the old or the new file, never
+    a half-written one. A missing file is left missing. Returns the kept rows."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    kept = [r for r in read_metrics(path) if r.get(key, 0) <= max_step]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if os.name == "posix":  # the rename itself is durable once the directory entry is on disk
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return kept
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

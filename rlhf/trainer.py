@@ -25,7 +25,7 @@ from accelerate.utils import DistributedType
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic import functional as F
-from classic.runlog import MetricsWriter, read_metrics
+from classic.runlog import MetricsWriter, truncate_metrics
 from rlhf import checkpoint as ckpt_io
 from rlhf.advantages import get_estimator
 from rlhf.config import PPOConfig
@@ -612,14 +612,8 @@ class PPOTrainer:
         state = ckpt_io.load_checkpoint(self.accelerator, path, models, states)
         self.step = state["step"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
-        metrics = Path(self.args.output_dir) / "metrics.jsonl"
-        if self.accelerator.is_main_process and metrics.is_file():
-            # drop rows logged after the checkpoint by the interrupted run
-            kept = [r for r in read_metrics(metrics) if r.get("step", 0) <= self.step]
-            writer = MetricsWriter(metrics)
-            for r in kept:
-                writer.write(r)
-            writer.close()
+        if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
+            truncate_metrics(Path(self.args.output_dir) / "metrics.jsonl", self.step)
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer."""
