@@ -27,6 +27,23 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be positive, got {value!r}")
 
 
+def check_non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Discounts, lambdas, probabilities: a value in [0, 1] (NaN fails too)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def check_hidden_sizes(name: str, sizes: list[int]) -> None:
+    """MLP layer widths: every entry a positive integer (an empty list is a linear model)."""
+    if any(not size > 0 for size in sizes):
+        raise ValueError(f"{name}: every layer size must be a positive integer, got {list(sizes)!r}")
+
+
 def check_env_id(env_id: str) -> None:
     # importing classic.envs registers the project's own environments
     import classic.envs  # noqa: F401

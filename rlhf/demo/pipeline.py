@@ -458,16 +458,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from classic.cli import parse_config
+    from classic.cli import exit_on_bad_input, parse_config
 
-    try:
+    with exit_on_bad_input("rlhf-demo"):  # bad input: one clear line and status 2, no traceback
         cfg = parse_config(DemoConfig, argv)
         run, todo = prepare(cfg)
-    except (
-        ValueError,
-        OSError,
-    ) as err:  # bad input: one clear line, no traceback (FileExistsError is an OSError)
-        raise SystemExit(f"rlhf-demo: error: {err}") from None
     execute(cfg, run, todo)
 
 

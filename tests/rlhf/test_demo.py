@@ -3,6 +3,7 @@ path as `rlhf-demo`, smaller sizes) checked for files, finite numbers and a gold
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -114,13 +115,16 @@ def test_saved_policies_load_in_a_text_generation_pipeline(short_run):
         assert out[0]["generated_text"].startswith("I bought this lamp last week.")
 
 
-def test_finished_run_is_refused_unless_resume_or_overwrite(short_run):
+def test_finished_run_is_refused_unless_resume_or_overwrite(short_run, capsys):
     run_dir, summary, _ = short_run
     with pytest.raises(FileExistsError, match="already holds a finished run.*--overwrite.*--resume"):
         run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), *SHORT]))
-    # the console script says it in one line, without a traceback
-    with pytest.raises(SystemExit, match="^rlhf-demo: error: .* already holds a finished run"):
+    # the console script says it in one line, without a traceback, and exits 2 like a usage error
+    with pytest.raises(SystemExit) as exited:
         main(["--output_dir", str(run_dir)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert re.match(r"^rlhf-demo: error: .* already holds a finished run", err) and err.count("\n") == 1, err
     # --resume with every stage finished trains nothing and rebuilds the same summary
     t0 = time.perf_counter()
     assert run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), "--resume", *SHORT])) == summary
