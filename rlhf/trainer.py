@@ -214,6 +214,10 @@ class PPOTrainer:
             raise ValueError("train_dataset: expected a datasets.Dataset with a 'prompt' column")
         if "prompt" not in dataset.column_names:
             raise ValueError(f"train_dataset: no 'prompt' column (columns are {dataset.column_names})")
+        if clash := sorted({"prompts", "completions"} & set(dataset.column_names)):
+            raise ValueError(
+                f"train_dataset: column(s) {clash} clash with the reward functions' arguments; rename them"
+            )
         world = self.accelerator.num_processes
         if len(dataset) < args.rollout_batch_size * world:
             raise ValueError(
