@@ -25,7 +25,7 @@ from accelerate.utils import DistributedType
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic import functional as F
-from classic.runlog import MetricsWriter, truncate_metrics
+from classic.runlog import MetricsWriter, explain_full_disk, truncate_metrics
 from rlhf import checkpoint as ckpt_io
 from rlhf.advantages import get_estimator
 from rlhf.config import PPOConfig
@@ -624,9 +624,10 @@ class PPOTrainer:
         output_dir = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            policy = self.accelerator.unwrap_model(self.policy)
-            policy.save_pretrained(output_dir, state_dict=self.accelerator.get_state_dict(self.policy))
-            self.tokenizer.save_pretrained(output_dir)
+            with explain_full_disk(output_dir, written_dir=output_dir):  # no half-written files left
+                policy = self.accelerator.unwrap_model(self.policy)
+                policy.save_pretrained(output_dir, state_dict=self.accelerator.get_state_dict(self.policy))
+                self.tokenizer.save_pretrained(output_dir)
         self.accelerator.wait_for_everyone()
 
     def generate_samples(self) -> tuple[list, list[str]]:
