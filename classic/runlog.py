@@ -1,5 +1,6 @@
-"""Run directories: a `metrics.jsonl` (one JSON object per line, appended and flushed as training goes) and a
-learning-curve PNG drawn from it. Shared by every classic algorithm and the rlhf trainer."""
+"""Run directories: a `metrics.jsonl` (one JSON object per line, appended and flushed as training goes; read back
+tolerating the torn last line a crash leaves, cut back atomically when a run resumes), a learning-curve PNG drawn
+from it, and `explain_full_disk` for saves. Shared by every classic algorithm and the rlhf trainer."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def truncate_metrics(path: str | Path, max_step: int, key: str = "step") -> list
 
 # How a full disk shows up: OSError ENOSPC / EDQUOT, torch.save's RuntimeError "[enforce fail at
 # inline_container.cc] unexpected pos N vs M" or "PytorchStreamWriter failed writing file", safetensors' Rust IoError
-_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_DISK_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _FULL_DISK_TEXT = (
     "unexpected pos",
     "failed writing file",
