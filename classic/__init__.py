@@ -4,6 +4,7 @@ from classic import functional
 from classic.tabular import (
     TDResult,
     expected_sarsa,
+    greedy_returns_by_start,
     greedy_rollouts,
     linear_sarsa,
     policy_iteration,
@@ -17,6 +18,7 @@ __all__ = [
     "TDResult",
     "expected_sarsa",
     "functional",
+    "greedy_returns_by_start",
     "greedy_rollouts",
     "linear_sarsa",
     "policy_iteration",

@@ -34,12 +34,15 @@ from classic.actor_critic import (
     first_solved_step,
     upgrade_saved_config,
 )
-from classic.cli import config_from_saved, parse_config
+from classic.cli import config_from_saved, parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
     check_env_id,
+    check_hidden_sizes,
+    check_non_negative,
     check_positive,
+    check_unit_interval,
     load_model,
     make_vec_env,
     seed_everything,
@@ -95,6 +98,13 @@ class A2CConfig:
         check_env_id(self.env_id)
         for name in ("total_timesteps", "num_envs", "num_steps", "learning_rate"):
             check_positive(name, getattr(self, name))
+        for name in ("optim_eps", "max_grad_norm", "num_threads"):
+            check_positive(name, getattr(self, name))
+        for name in ("gamma", "gae_lambda", "rms_alpha"):
+            check_unit_interval(name, getattr(self, name))
+        for name in ("entropy_coef", "vf_coef"):
+            check_non_negative(name, getattr(self, name))
+        check_hidden_sizes("hidden_sizes", self.hidden_sizes)
 
 
 def a2c_update(
@@ -173,7 +183,7 @@ def load(run_dir: str | Path) -> Agent:
 
 
 if __name__ == "__main__":
-    result = train(parse_config(A2CConfig))
+    result = train(parse_config_or_exit(A2CConfig, "python -m classic.a2c"))
     print(
         f"{result.global_step} steps in {result.wall_clock:.1f}s; mean of last 20 episode returns "
         f"{np.mean(result.episode_returns[-20:]):.1f}; run dir {result.run_dir}"

@@ -21,9 +21,12 @@ runs saved before a rename still load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import sys
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -173,8 +176,6 @@ def parse_config(cls: type[T], argv: list[str] | None = None, defaults: dict[str
     """`--config file.yaml` (optional) then `--field value` overrides, into dataclass `cls`.
 
     Precedence: dataclass defaults < `defaults` < YAML file < command line."""
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description=(cls.__doc__ or "").strip().split("\n")[0],
@@ -207,6 +208,27 @@ def parse_config(cls: type[T], argv: list[str] | None = None, defaults: dict[str
     _reject_renamed(cls, from_command_line, "command line")
     values.update(from_command_line)
     return config_from_dict(cls, values, source=known.config or "command line")
+
+
+@contextlib.contextmanager
+def exit_on_bad_input(prog: str) -> Iterator[None]:
+    """Around an entry point's checks of its input (config parsing and validation, before any work): a
+    ValueError or OSError (FileNotFoundError for a missing config file, FileExistsError for a finished run)
+    becomes one line on stderr, `prog: error: message`, and exit status 2, like argparse's own usage errors.
+    The message already says what to fix; a traceback would bury it. Errors raised later (during training) are
+    left alone: those are worth a traceback."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        message = " ".join(line.strip() for line in str(err).splitlines())  # one line, even if it wraps
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def parse_config_or_exit(cls: type[T], prog: str, argv: list[str] | None = None) -> T:
+    """`parse_config` for a script's `__main__`: bad input exits with one line and status 2 (exit_on_bad_input)."""
+    with exit_on_bad_input(prog):
+        return parse_config(cls, argv)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classic.runlog import MetricsWriter, plot_curves, read_metrics
+from classic.runlog import MetricsWriter, explain_full_disk, plot_curves, read_metrics
 
 # renames every classic config shares (to the names rlhf.config.PPOConfig uses), for their `RENAMED` maps
 RENAMED_RUN_FIELDS = {"run_dir": "output_dir", "torch_threads": "num_threads"}
@@ -25,6 +26,23 @@ RENAMED_RUN_FIELDS = {"run_dir": "output_dir", "torch_threads": "num_threads"}
 def check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Discounts, lambdas, probabilities: a value in [0, 1] (NaN fails too)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def check_hidden_sizes(name: str, sizes: list[int]) -> None:
+    """MLP layer widths: every entry a positive integer (an empty list is a linear model)."""
+    if any(not size > 0 for size in sizes):
+        raise ValueError(f"{name}: every layer size must be a positive integer, got {list(sizes)!r}")
 
 
 def check_env_id(env_id: str) -> None:
@@ -133,18 +151,36 @@ class Run:
 
 
 def save_model(model: torch.nn.Module, path: str | Path) -> None:
-    """Atomic: write to a temporary file, then rename, so a crash never leaves a half-written model."""
+    """Atomic: write to a temporary file, then rename, so a crash never leaves a half-written model (and a
+    full disk is one line naming the file, with the temporary file removed)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with explain_full_disk(path, partial=[tmp]):
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
 
 
 def load_model(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file '{path}' does not exist")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except (EOFError, OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        if "Weights only load failed" in str(err):  # not damage: a file with arbitrary pickled objects
+            raise ValueError(
+                f"model file '{path}' holds objects other than tensors; refusing to load it"
+            ) from err
+        # what torch says about a cut-off or damaged file: EOFError (empty), "failed finding central directory",
+        # OSError [Errno 22], a KeyError from the unpickler: none of them names the file or the cause
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"model file '{path}' is truncated or corrupt ({path.stat().st_size} bytes; "
+            f"{type(err).__name__}: {detail}); re-train or re-save it"
+        ) from err
+    model.load_state_dict(state)
     return model
 
 

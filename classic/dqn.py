@@ -31,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classic.cli import config_from_saved, parse_config
+from classic.cli import config_from_saved, parse_config, parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
     check_env_id,
+    check_hidden_sizes,
+    check_non_negative,
     check_positive,
+    check_unit_interval,
     finished_episodes,
     load_model,
     make_vec_env,
@@ -91,8 +94,10 @@ class DQNConfig:
             check_positive(name, getattr(self, name))
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        for name in ("gamma", "start_e", "end_e"):
+            check_unit_interval(name, getattr(self, name))
+        check_non_negative("learning_starts", self.learning_starts)
+        check_hidden_sizes("hidden_sizes", self.hidden_sizes)
         if not 0.0 < self.exploration_fraction <= 1.0:
             raise ValueError(f"exploration_fraction must be in (0, 1], got {self.exploration_fraction!r}")
 
@@ -298,7 +303,10 @@ def load(run_dir: str | Path) -> QNetwork:
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
-    cfg = parse_config(DQNConfig, argv)
+    return train_and_report(parse_config(DQNConfig, argv))
+
+
+def train_and_report(cfg: DQNConfig) -> TrainResult:
     result = train(cfg)
     last = result.episode_returns[-20:]
     print(
@@ -310,4 +318,4 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    main()
+    train_and_report(parse_config_or_exit(DQNConfig, "python -m classic.dqn"))

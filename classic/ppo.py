@@ -36,12 +36,15 @@ from classic.actor_critic import (
     first_solved_step,
     upgrade_saved_config,
 )
-from classic.cli import config_from_saved, parse_config
+from classic.cli import config_from_saved, parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
     check_env_id,
+    check_hidden_sizes,
+    check_non_negative,
     check_positive,
+    check_unit_interval,
     load_model,
     make_vec_env,
     seed_everything,
@@ -110,9 +113,16 @@ class PPOConfig:
         check_env_id(self.env_id)
         for name in ("total_timesteps", "num_envs", "num_steps", "mini_batch_size", "num_ppo_epochs"):
             check_positive(name, getattr(self, name))
-        check_positive("learning_rate", self.learning_rate)
-        if self.value_clip_eps is not None:
-            check_positive("value_clip_eps", self.value_clip_eps)
+        for name in ("learning_rate", "adam_eps", "clip_eps", "max_grad_norm", "num_threads"):
+            check_positive(name, getattr(self, name))
+        for name in ("value_clip_eps", "target_kl"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        for name in ("gamma", "gae_lambda"):
+            check_unit_interval(name, getattr(self, name))
+        for name in ("entropy_coef", "vf_coef"):
+            check_non_negative(name, getattr(self, name))
+        check_hidden_sizes("hidden_sizes", self.hidden_sizes)
         if (self.num_envs * self.num_steps) % self.mini_batch_size:
             raise ValueError(
                 f"mini_batch_size {self.mini_batch_size} must divide num_envs*num_steps "
@@ -231,7 +241,7 @@ def load(run_dir: str | Path) -> Agent:
 
 
 if __name__ == "__main__":
-    result = train(parse_config(PPOConfig))
+    result = train(parse_config_or_exit(PPOConfig, "python -m classic.ppo"))
     print(
         f"{result.global_step} steps in {result.wall_clock:.1f}s; mean of last 20 episode returns "
         f"{np.mean(result.episode_returns[-20:]):.1f}; run dir {result.run_dir}"

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from classic.cli import config_from_saved, parse_config
+from classic.cli import config_from_saved, parse_config, parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
     check_env_id,
+    check_hidden_sizes,
     check_positive,
+    check_unit_interval,
     finished_episodes,
     layer_init,
     load_model,
@@ -78,8 +80,8 @@ class ReinforceConfig:
             check_positive(name, getattr(self, name))
         check_positive("max_grad_norm", self.max_grad_norm)
         check_positive("num_threads", self.num_threads)
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        check_unit_interval("gamma", self.gamma)
+        check_hidden_sizes("hidden_sizes", self.hidden_sizes)
 
 
 def mlp(in_size: int, hidden_sizes: list[int], out_size: int, out_std: float) -> nn.Sequential:
@@ -211,7 +213,10 @@ def load(run_dir: str | Path) -> Agent:
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
-    cfg = parse_config(ReinforceConfig, argv)
+    return train_and_report(parse_config(ReinforceConfig, argv))
+
+
+def train_and_report(cfg: ReinforceConfig) -> TrainResult:
     result = train(cfg)
     last = result.episode_returns[-20:]
     print(
@@ -222,4 +227,4 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    main()
+    train_and_report(parse_config_or_exit(ReinforceConfig, "python -m classic.reinforce"))

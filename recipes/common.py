@@ -54,6 +54,10 @@ def load_dataset_checked(
                 f"{field}={name!r}: unsupported file type {path.suffix!r}; use one of {sorted(DATA_FILE_BUILDERS)}, "
                 "a directory written by Dataset.save_to_disk, or a Hub id"
             )
+        if _is_blank(path):  # datasets fails on these with a bare StopIteration or "no data"
+            raise ValueError(
+                f"{field}={name!r}: the file is empty; expected a {builder} file with at least one row"
+            )
         dataset = load_dataset(builder, data_files=str(path), split="train")
     elif path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         loaded = load_from_disk(str(path))
@@ -75,6 +79,13 @@ def load_dataset_checked(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def _is_blank(path: Path) -> bool:
+    """Empty, or only whitespace (blank lines); looks at the first 64 KiB, so a big file costs nothing."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    return not head.strip() and path.stat().st_size <= len(head)
 
 
 def _load_dataset_or_explain(source: str, config: str | None, split: str, field: str, name: str) -> Dataset:

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `recipes.common` importab
 
 from transformers import AutoTokenizer
 
-from classic.cli import parse_config
+from classic.cli import parse_config_or_exit
 from recipes.common import (
     REWARD_FUNCTIONS,
     ClassifierLabelReward,
@@ -156,4 +156,4 @@ def main(cfg: PPORecipeConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(PPORecipeConfig))
+    main(parse_config_or_exit(PPORecipeConfig, "recipes/ppo.py"))

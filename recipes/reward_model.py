@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `recipes.common` importab
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from classic.cli import parse_config
+from classic.cli import parse_config_or_exit
 from recipes.common import end_distributed, load_dataset_checked, require_columns
 from rlhf.hub import load_model_config
 
@@ -133,4 +133,4 @@ def main(cfg: RewardRecipeConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(RewardRecipeConfig))
+    main(parse_config_or_exit(RewardRecipeConfig, "recipes/reward_model.py"))

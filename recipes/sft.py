@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `recipes.common` importab
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from classic.cli import parse_config
+from classic.cli import parse_config_or_exit
 from recipes.common import end_distributed, load_dataset_checked, require_columns
 from rlhf.hub import load_model_config
 from rlhf.models import ensure_pad_token
@@ -122,4 +122,4 @@ def main(cfg: SFTRecipeConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(SFTRecipeConfig))
+    main(parse_config_or_exit(SFTRecipeConfig, "recipes/sft.py"))

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from classic.runlog import explain_full_disk
+
 PREFIX = "checkpoint-"
 
 
@@ -156,6 +158,23 @@ def _check_deepspeed_files(directory: Path) -> None:
 
 
 def save_checkpoint(
+    accelerator: Any,
+    output_dir: str | Path,
+    step: int,
+    trained: dict[str, tuple[Any, Any]],
+    schedulers: dict[str, Any],
+    trainer_state: dict[str, Any],
+    save_total_limit: int | None,
+) -> Path | None:
+    """`_write_checkpoint`, with a full disk reported in one line and the temporary directory removed."""
+    final, tmp = Path(output_dir) / f"{PREFIX}{step}", Path(output_dir) / f".tmp-{PREFIX}{step}"
+    with explain_full_disk(final, partial=[tmp]):
+        return _write_checkpoint(
+            accelerator, output_dir, step, trained, schedulers, trainer_state, save_total_limit
+        )
+
+
+def _write_checkpoint(
     accelerator: Any,
     output_dir: str | Path,
     step: int,

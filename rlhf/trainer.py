@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic import functional as F
-from classic.runlog import MetricsWriter, read_metrics
+from classic.runlog import MetricsWriter, explain_full_disk, truncate_metrics
 from rlhf import checkpoint as ckpt_io
 from rlhf import engines
 from rlhf.advantages import get_estimator
@@ -209,6 +209,10 @@ class PPOTrainer:
             raise ValueError("train_dataset: expected a datasets.Dataset with a 'prompt' column")
         if "prompt" not in dataset.column_names:
             raise ValueError(f"train_dataset: no 'prompt' column (columns are {dataset.column_names})")
+        if clash := sorted({"prompts", "completions"} & set(dataset.column_names)):
+            raise ValueError(
+                f"train_dataset: column(s) {clash} clash with the reward functions' arguments; rename them"
+            )
         world = self.accelerator.num_processes
         if len(dataset) < args.rollout_batch_size * world:
             raise ValueError(
@@ -619,14 +623,8 @@ class PPOTrainer:
         state = ckpt_io.load_checkpoint(self.accelerator, path, trained, schedulers)
         self.step = state["step"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
-        metrics = Path(self.args.output_dir) / "metrics.jsonl"
-        if self.accelerator.is_main_process and metrics.is_file():
-            # drop rows logged after the checkpoint by the interrupted run
-            kept = [r for r in read_metrics(metrics) if r.get("step", 0) <= self.step]
-            writer = MetricsWriter(metrics)
-            for r in kept:
-                writer.write(r)
-            writer.close()
+        if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
+            truncate_metrics(Path(self.args.output_dir) / "metrics.jsonl", self.step)
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer, with a full state dict
@@ -644,13 +642,14 @@ class PPOTrainer:
             first: dict[int, str] = {}
             for name, param in policy.named_parameters(remove_duplicate=False):
                 first.setdefault(id(param), name)
-            tied = {name for name, param in policy.named_parameters(remove_duplicate=False)} - set(
-                first.values()
-            )
-            policy.save_pretrained(output_dir, state_dict={k: v for k, v in state.items() if k not in tied})
-            self.tokenizer.save_pretrained(output_dir)
-            if critic_state is not None:
-                acc.unwrap_model(self.critic).save(output_dir / "critic", critic_state)
+            tied = {name for name, _ in policy.named_parameters(remove_duplicate=False)} - set(first.values())
+            with explain_full_disk(output_dir, written_dir=output_dir):  # no half-written files left
+                policy.save_pretrained(
+                    output_dir, state_dict={k: v for k, v in state.items() if k not in tied}
+                )
+                self.tokenizer.save_pretrained(output_dir)
+                if critic_state is not None:
+                    acc.unwrap_model(self.critic).save(output_dir / "critic", critic_state)
         acc.wait_for_everyone()
 
     def generate_samples(self) -> tuple[list, list[str]]:

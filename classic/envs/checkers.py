@@ -11,7 +11,12 @@ opponent's whole turn (-1/-2) inside `step`, with uniformly random legal moves. 
 Observation: the 18 dark squares, row by row, as int8 in [-2, 2]. Action: square * 4 + direction
 (0 up-left, 1 up-right, 2 down-left, 3 down-right), Discrete(72); a direction is a step if the neighbour is
 empty and a jump if it holds an opponent piece, so every legal move has exactly one action. Only actions in
-`info["action_mask"]` are legal; any other raises a ValueError.
+`info["action_mask"]` are legal. An env must accept every action of its action space (gymnasium's `check_env`,
+and agents that ignore the mask, e.g. `classic.reinforce`), so an illegal action is replaced by a uniformly
+random legal move (drawn from the env's seeded `np_random`) and costs `ILLEGAL_MOVE_PENALTY`, added to that
+step's reward; `info["illegal_action"]` says it happened. A random move rather than a no-op keeps the game what
+the rules define: every step is one ply, so the 40-ply draw rule still ends every game, and an agent cannot
+stall in a position by repeating illegal actions. Agents that use the mask (linear SARSA) never see it.
 
 The board has ~10^8 reachable positions, too many for a Q table learned in a few hundred games, so the
 learning test uses linear semi-gradient SARSA on `afterstate_features` (S&B Section 10.1).
@@ -27,6 +32,7 @@ N_SQUARES = SIZE * SIZE // 2
 DIRECTIONS = [(-1, -1), (-1, 1), (1, -1), (1, 1)]
 N_FEATURES = 8
 DRAW_PLIES = 40
+ILLEGAL_MOVE_PENALTY = 0.1  # a tenth of a loss: enough to learn the mask, small next to the game's outcome
 
 
 def _square(r: int, c: int) -> int:
@@ -127,6 +133,7 @@ class CheckersEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-2, 2, (N_SQUARES,), np.int8)
         self.action_space = gym.spaces.Discrete(N_SQUARES * 4)
         self.board = initial_board()
+        self.moves, self.illegal = legal_moves(self.board, 1), False
 
     def _mask(self, moves: list[int]) -> np.ndarray:
         mask = np.zeros(N_SQUARES * 4, dtype=np.int8)
@@ -136,13 +143,15 @@ class CheckersEnv(gym.Env):
     def _result(self, reward: float, terminated: bool, winner: int | None = None) -> tuple:
         obs = np.array(self.board, dtype=np.int8)
         info = {"action_mask": self._mask(self.moves if not terminated else []), "winner": winner}
-        return obs, reward, terminated, False, info
+        info["illegal_action"] = self.illegal
+        return obs, reward - ILLEGAL_MOVE_PENALTY * self.illegal, terminated, False, info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self.board, self.quiet_plies = initial_board(), 0
+        self.board, self.quiet_plies, self.illegal = initial_board(), 0, False
         self.moves = legal_moves(self.board, 1)
-        return np.array(self.board, dtype=np.int8), {"action_mask": self._mask(self.moves), "winner": None}
+        info = {"action_mask": self._mask(self.moves), "winner": None, "illegal_action": False}
+        return np.array(self.board, dtype=np.int8), info
 
     def _play(self, action: int) -> int:
         self.board, captured, again = apply_move(self.board, action)
@@ -151,10 +160,9 @@ class CheckersEnv(gym.Env):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         action = int(action)
-        if action not in self.moves:
-            raise ValueError(
-                f"illegal action {action}: legal actions are {self.moves} (see info['action_mask'])"
-            )
+        self.illegal = action not in self.moves
+        if self.illegal:  # see the module docstring: a random legal move, and a penalty
+            action = self.moves[self.np_random.integers(len(self.moves))]
         again = self._play(action)
         if again >= 0:  # our multi-jump continues: our move again
             self.moves = legal_moves(self.board, 1, only_from=again)

@@ -2,12 +2,21 @@
 
 from classic.tabular.dp import policy_iteration, value_iteration
 from classic.tabular.linear import LinearResult, linear_sarsa
-from classic.tabular.td import TDResult, expected_sarsa, greedy_rollouts, q_learning, sarsa, td_control
+from classic.tabular.td import (
+    TDResult,
+    expected_sarsa,
+    greedy_returns_by_start,
+    greedy_rollouts,
+    q_learning,
+    sarsa,
+    td_control,
+)
 
 __all__ = [
     "LinearResult",
     "TDResult",
     "expected_sarsa",
+    "greedy_returns_by_start",
     "greedy_rollouts",
     "linear_sarsa",
     "policy_iteration",

@@ -11,7 +11,8 @@ from typing import Literal
 import gymnasium as gym
 
 import classic.envs  # noqa: F401  (registers rlbook/Maze-v0)
-from classic.cli import parse_config
+from classic.cli import parse_config, parse_config_or_exit
+from classic.common import check_positive, check_unit_interval
 from classic.envs.maze import bfs_distance
 from classic.tabular.dp import policy_iteration, value_iteration
 
@@ -28,9 +29,17 @@ class MazeDemoConfig:
         default="value_iteration", metadata={"help": "DP algorithm (S&B 4.4 or 4.3)"}
     )
 
+    def __post_init__(self) -> None:
+        check_positive("size", self.size)
+        check_unit_interval("loop_fraction", self.loop_fraction)
+        check_unit_interval("gamma", self.gamma)
+
 
 def main(argv: list[str] | None = None) -> str:
-    cfg = parse_config(MazeDemoConfig, argv)
+    return solve_and_print(parse_config(MazeDemoConfig, argv))
+
+
+def solve_and_print(cfg: MazeDemoConfig) -> str:
     env = gym.make("rlbook/Maze-v0", size=cfg.size, maze_seed=cfg.maze_seed, loop_fraction=cfg.loop_fraction)
     maze = env.unwrapped
     solve = value_iteration if cfg.method == "value_iteration" else policy_iteration
@@ -51,4 +60,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    solve_and_print(parse_config_or_exit(MazeDemoConfig, "python -m classic.tabular"))

@@ -162,3 +162,32 @@ def greedy_rollouts(env: gym.Env, Q: np.ndarray, episodes: int, seed: int = 0) -
             returns[i] += r
             done = terminated or truncated
     return returns
+
+
+def greedy_returns_by_start(
+    env: gym.Env, Q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One greedy episode from *every* start state of a toy-text env (Taxi, CliffWalking, FrozenLake): the
+    states with p > 0 in `env.unwrapped.initial_state_distrib`, each set via `env.unwrapped.s` after a reset.
+    Returns (start states, their probabilities, undiscounted returns, terminated), so the expected greedy return
+    over the initial distribution is `probs @ returns`; `terminated` is False where the episode hit the time
+    limit (the greedy policy loops). Exact for a deterministic env; for a stochastic one, one sample per state.
+    Seeded resets instead draw a sample of start states with repeats and gaps, which can hide a bad policy."""
+    unwrapped = env.unwrapped
+    probs = np.asarray(getattr(unwrapped, "initial_state_distrib", None), dtype=np.float64)
+    if probs.ndim != 1 or not hasattr(unwrapped, "s"):
+        raise ValueError("greedy_returns_by_start expects a toy-text env (initial_state_distrib and s)")
+    starts = np.flatnonzero(probs)
+    returns, terminated = np.zeros(len(starts)), np.zeros(len(starts), dtype=bool)
+    for i, start in enumerate(starts):
+        env.reset(seed=0)  # resets the time limit; the state is then set by hand
+        unwrapped.s = s = int(start)
+        # the reset's info["action_mask"] belongs to the state it drew, not to this one (Taxi computes masks)
+        info = {"action_mask": unwrapped.action_mask(s)} if hasattr(unwrapped, "action_mask") else {}
+        done = False
+        while not done:
+            legal = legal_actions(info, Q.shape[1])
+            s, r, terminated[i], truncated, info = env.step(int(legal[np.argmax(Q[s, legal])]))
+            returns[i] += r
+            done = terminated[i] or truncated
+    return starts, probs[starts], returns, terminated

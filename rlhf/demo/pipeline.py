@@ -12,6 +12,7 @@ helped. Outputs go to `output_dir` (see `write_report`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -94,6 +95,27 @@ class DemoConfig:
     # --- evaluation ----------------------------------------------------------------------------------------
     n_eval_prompts: int = field(default=96, metadata={"help": "held-out prompts scored for SFT and PPO"})
     n_report_samples: int = field(default=6, metadata={"help": "before/after samples shown in report.md"})
+
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "num_threads", "n_reviews", "vocab_size", "n_layer", "n_embd", "n_head", "max_length",
+        "sft_steps", "sft_batch_size", "sft_learning_rate",
+        "n_pairs", "n_eval_pairs", "rm_steps", "rm_batch_size", "rm_learning_rate",
+        "ppo_steps", "rollout_batch_size", "mini_batch_size", "num_ppo_epochs", "ppo_learning_rate",
+        "critic_learning_rate", "max_new_tokens", "temperature", "n_eval_prompts",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        """Every stage's settings, checked when the config is built: a bad one fails before any stage trains
+        (not after minutes of SFT, when the corrected command is refused because stages are finished)."""
+        from classic.common import check_non_negative, check_positive, check_unit_interval
+
+        for name in self.POSITIVE:
+            check_positive(name, getattr(self, name))
+        for name in ("kl_coef", "save_steps", "n_report_samples"):
+            check_non_negative(name, getattr(self, name))
+        check_unit_interval("label_noise", self.label_noise)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
 
 def log(message: str) -> None:
@@ -251,25 +273,11 @@ def run_rm(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
     )
 
 
-def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
-    import datasets
-    from transformers import AutoTokenizer
+def ppo_config(cfg: DemoConfig, out: Path, resume: str | None) -> Any:
+    """The rlhf.PPOConfig of the PPO stage (built up front too, by `validate_ppo_settings`)."""
+    from rlhf import PPOConfig
 
-    from rlhf import PPOConfig, PPOTrainer
-    from rlhf.checkpoint import list_checkpoints
-    from rlhf.demo import corpus, stages
-
-    t0 = time.perf_counter()
-    sources = model_sources(cfg, run)
-    out = run.stage("ppo")
-    resume = "latest" if cfg.resume and out.is_dir() and list_checkpoints(out) else None
-    if resume:
-        log(f"[ppo] resuming from the latest checkpoint in {out}")
-    elif out.exists():
-        run.clear("ppo")
-    train_prompts, _ = corpus.split_prompts(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(sources["sft"])
-    args = PPOConfig(
+    return PPOConfig(
         output_dir=str(out),
         seed=cfg.seed,
         max_steps=cfg.ppo_steps,
@@ -292,6 +300,84 @@ def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
         save_total_limit=2,
         resume_from_checkpoint=resume,
     )
+
+
+def trained_ppo_steps(run: RunDir) -> int:
+    """Steps of the newest complete PPO checkpoint in the run (0 if none)."""
+    from rlhf.checkpoint import PREFIX, list_checkpoints
+
+    found = list_checkpoints(run.stage("ppo"))
+    return int(found[-1].name[len(PREFIX) :]) if found else 0
+
+
+def validate_ppo_settings(cfg: DemoConfig, run: RunDir) -> None:
+    """What the PPO stage would refuse, refused before any stage trains: its PPOConfig (built here, so that
+    PPOConfig's own checks give the message), the data and context window the trainer checks, and a --resume
+    that could not give a PPO policy of `ppo_steps` steps."""
+    from rlhf.demo import corpus
+    from rlhf.hub import load_model_config
+    from rlhf.tiny import tiny_gpt2_config
+
+    try:
+        args = ppo_config(cfg, run.stage("ppo"), None)
+    except ValueError as err:
+        raise ValueError(f"PPO stage settings: {err}") from None
+    n_prompts = len(corpus.split_prompts(cfg.seed)[0])
+    if cfg.rollout_batch_size > n_prompts:
+        raise ValueError(
+            f"rollout_batch_size={cfg.rollout_batch_size} exceeds the {n_prompts} training prompts"
+        )
+    source = cfg.sft_model or cfg.base_model
+    model_config = load_model_config(source) if source else None
+    positions = (
+        getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+        if model_config is not None
+        else inspect.signature(tiny_gpt2_config).parameters["n_positions"].default
+    )
+    if positions and args.max_prompt_length + cfg.max_new_tokens > positions:
+        raise ValueError(
+            f"max_new_tokens={cfg.max_new_tokens}: with prompts of up to {args.max_prompt_length} tokens it exceeds "
+            f"the policy's context window ({positions} positions)"
+        )
+    if not cfg.resume or cfg.stage not in ("all", "ppo"):
+        return
+    done, out = run.done("ppo"), run.stage("ppo")
+    # a finished stage records its steps (its checkpoints may have been deleted to save space)
+    trained = (done or {}).get("steps") or trained_ppo_steps(run)
+    if trained > cfg.ppo_steps:
+        raise ValueError(
+            f"--ppo_steps {cfg.ppo_steps} is below the {trained} PPO steps already trained in {out}, so --resume "
+            f"cannot give a {cfg.ppo_steps}-step policy: pass --overwrite to retrain PPO, --ppo_steps {trained} to "
+            "keep it, or --output_dir <new dir>"
+        )
+    if done and 0 < trained < cfg.ppo_steps:
+        raise ValueError(
+            f"--ppo_steps {cfg.ppo_steps}: the finished PPO stage in {out} trained {trained} steps and --resume skips "
+            f"finished stages: pass --overwrite to retrain PPO, --ppo_steps {trained} to keep it, or "
+            "--output_dir <new dir>"
+        )
+
+
+def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoTokenizer
+
+    from classic.runlog import read_metrics
+    from rlhf import PPOTrainer
+    from rlhf.checkpoint import list_checkpoints
+    from rlhf.demo import corpus, stages
+
+    t0 = time.perf_counter()
+    sources = model_sources(cfg, run)
+    out = run.stage("ppo")
+    resume = "latest" if cfg.resume and out.is_dir() and list_checkpoints(out) else None
+    if resume:
+        log(f"[ppo] resuming from the latest checkpoint in {out}")
+    elif out.exists():
+        run.clear("ppo")
+    train_prompts, _ = corpus.split_prompts(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(sources["sft"])
+    args = ppo_config(cfg, out, resume)
     trainer = PPOTrainer(
         model=sources["sft"],
         reward_funcs=[stages.load_eos_reward_model(sources["rm"]), corpus.gold_judge],
@@ -301,14 +387,21 @@ def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
     )
     history = trainer.train()
     trainer.save_model(out)
-    last = history[-1] if history else {}
-    previous = (run.done("ppo") or {}).get("seconds", 0.0) if resume else 0.0
+    # The run's metrics.jsonl has a row per step, also for the steps trained before a resume. A resume from the
+    # final checkpoint (killed before stage.json was written) trains nothing: its numbers come from there.
+    rows = read_metrics(out / "metrics.jsonl")
+    last = next((r for r in reversed(rows) if r.get("step") == cfg.ppo_steps), None)
+    if last is None:
+        raise RuntimeError(f"{out / 'metrics.jsonl'} has no row for the last PPO step ({cfg.ppo_steps})")
+    # seconds: this invocation, plus the step times of the steps earlier (interrupted) invocations trained
+    earlier = sum(r.get("time/step", 0.0) for r in rows if r.get("step", 0) <= cfg.ppo_steps - len(history))
     return run.finish(
         "ppo",
-        previous + time.perf_counter() - t0,
-        final_proxy_reward=last.get("reward/rm"),
-        final_gold_reward=last.get("reward/gold_judge"),
-        final_kl=last.get("kl"),
+        earlier + time.perf_counter() - t0,
+        final_proxy_reward=last["reward/rm"],
+        final_gold_reward=last["reward/gold_judge"],
+        final_kl=last.get("kl"),  # absent with kl_coef 0 (no reference model)
+        steps=cfg.ppo_steps,
     )
 
 
@@ -404,7 +497,7 @@ KEY_NUMBER = {
     "rm": lambda i: f"held-out pairwise accuracy {i['rm_accuracy']:.3f}",
     "ppo": lambda i: (
         f"last step: proxy reward {i['final_proxy_reward']:.3f}, gold {i['final_gold_reward']:.3f}, "
-        f"KL {i['final_kl']:.2f}"
+        + (f"KL {i['final_kl']:.2f}" if i["final_kl"] is not None else "no KL (kl_coef 0)")
     ),
     "eval": lambda i: (
         f"gold reward SFT {i['gold_reward_sft']:.3f} -> PPO {i['gold_reward_ppo']:.3f}, proxy "
@@ -414,12 +507,14 @@ KEY_NUMBER = {
 
 
 def prepare(cfg: DemoConfig) -> tuple[RunDir, list[str]]:
-    """Every check that can fail on bad input, before any training: stages to run, existing outputs, and every
-    model source (clear messages for missing paths and unreachable Hub ids)."""
+    """Every check that can fail on bad input, before any training: stages to run, existing outputs, every
+    model source (clear messages for missing paths and unreachable Hub ids) and the PPO stage's settings (the
+    DemoConfig's own fields are checked when it is built)."""
     _quiet_libraries()
     run = RunDir(cfg.output_dir)
     todo = plan_stages(cfg, run)
     validate_sources(cfg, run, todo)
+    validate_ppo_settings(cfg, run)
     return run, todo
 
 
@@ -458,16 +553,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from classic.cli import parse_config
+    from classic.cli import exit_on_bad_input, parse_config
 
-    try:
+    with exit_on_bad_input("rlhf-demo"):  # bad input: one clear line and status 2, no traceback
         cfg = parse_config(DemoConfig, argv)
         run, todo = prepare(cfg)
-    except (
-        ValueError,
-        OSError,
-    ) as err:  # bad input: one clear line, no traceback (FileExistsError is an OSError)
-        raise SystemExit(f"rlhf-demo: error: {err}") from None
     execute(cfg, run, todo)
 
 

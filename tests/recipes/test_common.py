@@ -1,5 +1,6 @@
 """Dataset loading (local copies and Hub ids, with errors naming the field), prompts, and the reward functions."""
 
+import re
 import time
 from decimal import Decimal
 
@@ -54,6 +55,18 @@ def test_missing_local_path_names_the_field(tmp_path):
         load_dataset_checked("./no/such/data.jsonl")
     with pytest.raises(FileNotFoundError, match="dataset_name=.*no such local"):
         load_dataset_checked(str(tmp_path / "missing_dir"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), [("data.jsonl", ""), ("data.jsonl", "\n  \n"), ("data.csv", "")]
+)
+def test_empty_data_file_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    builder = {"data.jsonl": "json", "data.csv": "csv"}[name]
+    message = f"^prompts_file='{re.escape(str(path))}': the file is empty; expected a {builder} file with at least one row$"
+    with pytest.raises(ValueError, match=message):
+        load_dataset_checked(str(path), field="prompts_file")
 
 
 def test_unknown_split_lists_the_splits(assets):

@@ -1,6 +1,9 @@
 """Every shipped YAML loads into its script's config class; overrides, unknown keys and types behave."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,16 @@ def test_accelerate_configs_parse_with_the_expected_keys(name, distributed_type)
 
 def test_shipped_accelerate_configs_are_exactly_these():
     assert {p.stem for p in (REPO / "recipes" / "accelerate").glob("*.yaml")} == set(ACCELERATE_CONFIGS)
+
+
+def test_recipe_script_bad_config_is_one_line_and_exit_status_2(tmp_path):
+    """`python recipes/ppo.py ...` (or under accelerate launch): a bad value is one line on stderr, status 2."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(REPO / "recipes/ppo.py"), "--config", str(REPO / "recipes/gpt2_imdb_ppo.yaml")]
+    result = subprocess.run(
+        [*cmd, "--max_steps", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "recipes/ppo.py: error: PPOConfig.max_steps must be positive, got 0\n",
+    )

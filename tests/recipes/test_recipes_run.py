@@ -151,7 +151,10 @@ def test_ppo_bad_input_fails_before_training(assets, tmp_path, monkeypatch, extr
     assert not (tmp_path / "out").exists()
 
 
-def test_sft_and_reward_bad_input_fail_before_training(assets, tmp_path):
+def test_sft_and_reward_bad_input_fail_before_training(assets, tmp_path, monkeypatch):
+    monkeypatch.chdir(
+        tmp_path
+    )  # tldr_reward.yaml's ./runs/tldr_sft must not exist, whatever the checkout holds
     sft = parse_config(
         SFTRecipeConfig,
         ["--config", str(REPO / "recipes/tldr_sft.yaml"), "--output_dir", str(tmp_path / "o")],

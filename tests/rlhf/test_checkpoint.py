@@ -1,12 +1,17 @@
 """Checkpoint files: loading runs no code, and every generator (CPU and accelerators) round-trips."""
 
+import errno
 import os
 import random
+import re
 
+import datasets
 import numpy as np
 import pytest
 import torch
+from accelerate.utils import DistributedType
 
+from classic.runlog import DiskFullError
 from rlhf import checkpoint as ckpt_io
 
 
@@ -62,3 +67,86 @@ def test_accelerator_generators_are_saved_and_restored(monkeypatch):
     assert state["cuda"] is saved
     ckpt_io.set_rng_state(state)
     assert restored == [saved]
+
+
+class OneProcess:
+    """The part of an Accelerator that save_checkpoint uses, for one process."""
+
+    is_main_process, process_index, num_processes = True, 0, 1
+    distributed_type = DistributedType.NO
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def get_state_dict(self, model: torch.nn.Module) -> dict:
+        return model.state_dict()
+
+    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+@pytest.mark.parametrize(
+    ("patched", "error"),
+    [
+        ("save_file", OSError(errno.ENOSPC, "No space left on device")),
+        ("torch.save", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")),
+    ],
+)
+def test_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(
+    tmp_path, monkeypatch, patched, error
+):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    args = (OneProcess(), tmp_path, 1, {"policy": (model, opt)}, {}, {"step": 1}, 2)
+    ckpt_io.save_checkpoint(*args)  # a good checkpoint-1 first
+    real = {"save_file": ckpt_io.save_file, "torch.save": torch.save}[patched]
+
+    def full_disk(obj, path, *rest, **kwargs):
+        real(obj, path, *rest, **kwargs)
+        raise error
+
+    if patched == "save_file":
+        monkeypatch.setattr(ckpt_io, "save_file", full_disk)
+    else:
+        monkeypatch.setattr(ckpt_io.torch, "save", full_disk)
+    with pytest.raises(DiskFullError) as raised:
+        ckpt_io.save_checkpoint(*args[:2], 2, *args[3:])
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(
+        f"could not save {tmp_path / 'checkpoint-2'}: the disk is probably full ("
+    ), message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]  # no .tmp-checkpoint-2 left behind
+    assert ckpt_io.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
+
+
+def test_full_disk_while_saving_the_model_removes_the_half_written_files(
+    tmp_path, monkeypatch, tokenizer, policy
+):
+    from rlhf import PPOConfig, PPOTrainer
+
+    args = PPOConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        rollout_batch_size=4,
+        mini_batch_size=4,
+        micro_batch_size=4,
+    )
+    data = datasets.Dataset.from_dict({"prompt": ["the movie", "a dog"] * 2})
+    trainer = PPOTrainer(
+        policy, lambda prompts, completions, **k: [0.0] * len(prompts), args, data, tokenizer
+    )
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")  # a file the save does not touch stays
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(
+        trainer.tokenizer, "save_pretrained", full_disk
+    )  # fails after the weights were written
+    with pytest.raises(
+        DiskFullError, match=rf"^could not save {re.escape(str(out))}: the disk is probably full"
+    ):
+        trainer.save_model(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no model.safetensors / config.json left

@@ -3,6 +3,8 @@ path as `rlhf-demo`, smaller sizes) checked for files, finite numbers and a gold
 
 import json
 import math
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -114,13 +116,16 @@ def test_saved_policies_load_in_a_text_generation_pipeline(short_run):
         assert out[0]["generated_text"].startswith("I bought this lamp last week.")
 
 
-def test_finished_run_is_refused_unless_resume_or_overwrite(short_run):
+def test_finished_run_is_refused_unless_resume_or_overwrite(short_run, capsys):
     run_dir, summary, _ = short_run
     with pytest.raises(FileExistsError, match="already holds a finished run.*--overwrite.*--resume"):
         run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), *SHORT]))
-    # the console script says it in one line, without a traceback
-    with pytest.raises(SystemExit, match="^rlhf-demo: error: .* already holds a finished run"):
+    # the console script says it in one line, without a traceback, and exits 2 like a usage error
+    with pytest.raises(SystemExit) as exited:
         main(["--output_dir", str(run_dir)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert re.match(r"^rlhf-demo: error: .* already holds a finished run", err) and err.count("\n") == 1, err
     # --resume with every stage finished trains nothing and rebuilds the same summary
     t0 = time.perf_counter()
     assert run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), "--resume", *SHORT])) == summary
@@ -138,3 +143,131 @@ def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
     cfg = parse_config(DemoConfig, ["--output_dir", str(tmp_path / "run"), "--stage", "ppo"])
     with pytest.raises(FileNotFoundError, match="needs the sft stage's model.*--stage sft"):
         run_demo(cfg)
+
+
+# --- resume edge cases (copies of the short run; the fixture's directory stays as it is) -----------------------
+def copy_run(short_run, tmp_path) -> Path:
+    run_dir, _, _ = short_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def kill_before_ppo_stage_json(run_dir: Path) -> None:
+    """What a kill after the final checkpoint-10 but before ppo/stage.json leaves: checkpoints and metrics, maybe
+    no saved model, and no eval stage or summary (they come after PPO)."""
+    for path in (run_dir / "ppo").iterdir():
+        if not (path.name.startswith("checkpoint-") or path.name == "metrics.jsonl"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()  # the saved model (and its critic/)
+    shutil.rmtree(run_dir / "eval")
+    for path in run_dir.iterdir():
+        if path.is_file() and path.name != "config.json":
+            path.unlink()  # summary.json, report.md, plots
+
+
+def no_stage_may_run(monkeypatch) -> None:
+    from rlhf.demo import pipeline
+
+    def refuse(cfg, run):
+        raise AssertionError("a stage ran although the settings should have been refused first")
+
+    monkeypatch.setattr(pipeline, "RUNNERS", {s: refuse for s in pipeline.RUNNERS})
+
+
+def test_resume_after_a_kill_before_the_ppo_marker_finishes_from_the_checkpoint(short_run, tmp_path):
+    _, summary, _ = short_run
+    run_dir = copy_run(short_run, tmp_path)
+    original = json.loads((run_dir / "ppo" / "stage.json").read_text())
+    kill_before_ppo_stage_json(run_dir)
+    resumed = run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), "--resume", *SHORT]))
+    stage = json.loads((run_dir / "ppo" / "stage.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == list(range(1, 11))  # nothing trained again, nothing dropped
+    # the numbers of the last step, read back from the run's metrics: those the uninterrupted run wrote
+    for key, metric in (
+        ("final_proxy_reward", "reward/rm"),
+        ("final_gold_reward", "reward/gold_judge"),
+        ("final_kl", "kl"),
+    ):
+        assert stage[key] == original[key] == rows[-1][metric], key
+    assert stage["steps"] == 10
+    assert stage["seconds"] >= sum(r["time/step"] for r in rows)  # the killed invocation's steps count
+    # the model it would have saved: same weights, so the evaluation gives the same numbers
+    assert (run_dir / "ppo" / "model.safetensors").is_file() and (
+        run_dir / "ppo" / "tokenizer.json"
+    ).is_file()
+    for key, value in summary.items():
+        if key != "seconds":
+            assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["ppo-finished", "killed-before-marker"])
+def test_resume_with_fewer_ppo_steps_than_trained_is_refused(
+    short_run, tmp_path, monkeypatch, capsys, finished
+):
+    run_dir = copy_run(short_run, tmp_path)
+    if not finished:
+        kill_before_ppo_stage_json(run_dir)
+    no_stage_may_run(monkeypatch)
+    argv = ["--output_dir", str(run_dir), "--resume", *SHORT, "--ppo_steps", "5"]
+    message = (
+        rf"^--ppo_steps 5 is below the 10 PPO steps already trained in {re.escape(str(run_dir / 'ppo'))}, so "
+        r"--resume cannot give a 5-step policy: pass --overwrite to retrain PPO, --ppo_steps 10 to keep it, or "
+        r"--output_dir <new dir>$"
+    )
+    with pytest.raises(ValueError, match=message):
+        run_demo(parse_config(DemoConfig, argv))
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert (
+        exited.value.code == 2
+        and err.count("\n") == 1
+        and err.startswith("rlhf-demo: error: --ppo_steps 5 is below")
+    )
+
+
+def test_resume_with_more_ppo_steps_than_a_finished_stage_is_refused(short_run, tmp_path, monkeypatch):
+    run_dir = copy_run(short_run, tmp_path)
+    no_stage_may_run(monkeypatch)
+    argv = ["--output_dir", str(run_dir), "--resume", *SHORT, "--ppo_steps", "20"]
+    with pytest.raises(
+        ValueError, match=r"^--ppo_steps 20: the finished PPO stage in .* trained 10 steps and --resume"
+    ):
+        run_demo(parse_config(DemoConfig, argv))
+
+
+# --- every stage's settings are checked before any stage runs ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--sft_steps", "0"], "^sft_steps must be positive, got 0$"),
+        (["--rm_steps", "0"], "^rm_steps must be positive, got 0$"),
+        (["--ppo_steps", "0"], "^ppo_steps must be positive, got 0$"),
+        (["--rm_learning_rate", "-1e-3"], "^rm_learning_rate must be positive, got -0.001$"),
+        (["--label_noise", "1.5"], r"^label_noise must be in \[0, 1\], got 1.5$"),
+        (["--kl_coef", "-0.1"], "^kl_coef must be >= 0, got -0.1$"),
+        (["--n_head", "3"], r"^n_embd \(64\) must be a multiple of n_head \(3\)$"),
+        (
+            ["--mini_batch_size", "5"],
+            r"^PPO stage settings: PPOConfig.mini_batch_size=5 must divide rollout_batch_size \* num_generations = 32$",
+        ),
+        (["--rollout_batch_size", "320"], "^rollout_batch_size=320 exceeds the 288 training prompts$"),
+        (
+            ["--max_new_tokens", "200"],
+            r"^max_new_tokens=200: .* exceeds the policy's context window \(256 positions\)$",
+        ),
+    ],
+)
+def test_bad_stage_settings_are_refused_before_any_stage_runs(
+    tmp_path, monkeypatch, capsys, override, message
+):
+    no_stage_may_run(monkeypatch)
+    argv = ["--output_dir", str(tmp_path / "run"), *override]
+    with pytest.raises(ValueError, match=message):
+        run_demo(parse_config(DemoConfig, argv))
+    with pytest.raises(SystemExit) as exited:  # the console script: one line, status 2
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith("rlhf-demo: error: "), err
+    assert not (tmp_path / "run").exists()

@@ -19,8 +19,13 @@ def test_local_directory_loads(tmp_path):
     assert load_model_config(str(tmp_path)).model_type == "gpt2"
 
 
-def test_missing_relative_directory_says_so():
+def test_missing_relative_directory_says_so(tmp_path, monkeypatch):
+    # relative to a fresh directory, not the checkout: after `rlhf-demo` the checkout has a runs/ of its own
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match="meant as a local directory: it does not exist"):
+        load_model_config("runs/not_there")
+    (tmp_path / "runs").mkdir()  # now the parent exists, so the name can only be a (missing) local path
+    with pytest.raises(FileNotFoundError, match=r"model_name_or_path='runs/not_there': no such local path"):
         load_model_config("runs/not_there")
 
 

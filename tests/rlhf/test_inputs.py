@@ -111,3 +111,16 @@ def test_reward_model_text_ends_with_eos_like_trl_reward_training(tokenizer, rew
     assert rm._text("the movie", " was good") == "the movie was good" + tokenizer.eos_token
     assert rm._text("the movie", " was good" + tokenizer.eos_token).count(tokenizer.eos_token) == 1
     assert RewardModel(reward_model, tokenizer, "rm", append_eos=False)._text("a", "b") == "ab"
+
+
+@pytest.mark.parametrize("column", ["completions", "prompts"])
+def test_a_column_named_like_a_reward_argument_is_refused_up_front(tmp_path, tokenizer, policy, column):
+    """Extra columns go to the reward functions as keyword arguments next to prompts= and completions=; a column
+    of either name used to fail at step 1 ("got multiple values for argument")."""
+    data = datasets.Dataset.from_dict({"prompt": ["the movie", "a dog"] * 2, column: ["x"] * 4})
+    message = rf"^train_dataset: column\(s\) \['{column}'\] clash with the reward functions' arguments; rename them$"
+    with pytest.raises(ValueError, match=message):
+        PPOTrainer(
+            policy, lambda prompts, completions, **k: [0.0] * len(prompts), config(tmp_path), data, tokenizer
+        )
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 
 import datasets
 import pytest
@@ -417,3 +418,22 @@ def test_kl_statistic_is_logged_and_moves_beta_with_kl_in_loss(tmp_path, tokeniz
     assert kls[-1] > 1.2e-4
     assert trainer.kl_ctl.value == pytest.approx(history[-1]["kl_coef"] * (1 + 0.2 * 4 / 10))
     assert "kl_loss" in history[-1]
+
+
+def test_resume_survives_a_torn_last_metrics_line(tmp_path, tokenizer, policy):
+    """A crash mid-write (power loss, full disk) leaves half a row at the end of metrics.jsonl: resume drops it
+    with a warning and the rows after the checkpoint, instead of failing on it forever."""
+
+    def run(max_steps, resume=None):
+        args = small_config(tmp_path, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume)
+        return PPOTrainer(policy, count_good, args, dataset(), tokenizer).train()
+
+    run(3)  # rows 1-3, checkpoint-2 and checkpoint-3
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"step": 4, "rew')
+    shutil.rmtree(tmp_path / "run" / "checkpoint-3")  # the crash came before step 3's checkpoint
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: line 4 is a torn \(incomplete\) last row"):
+        history = run(4, resume="latest")
+    assert [r["step"] for r in history] == [3, 4]
+    assert [r["step"] for r in read_metrics(metrics)] == [1, 2, 3, 4]
