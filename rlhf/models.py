@@ -66,20 +66,15 @@ def fuse_activations(model: nn.Module) -> int:
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
-    """PAD must exist and differ from EOS: with PAD == EOS, masks built from the pad id would hide real EOS
-    tokens. Add a new `<|pad|>` token (and resize embeddings) when the tokenizer has none or reuses EOS."""
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return
-    if model is None:
-        raise ValueError(
-            "processing_class: the tokenizer has no PAD token distinct from EOS; add one "
-            "(tokenizer.add_special_tokens({'pad_token': '<|pad|>'})) and resize the model's embeddings"
-        )
-    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-    # only grow: many checkpoints pad their embedding matrix past the vocabulary (Pythia: 50304 rows)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
+    """A PAD id for left-padding prompts and filling finished rows. No new token and no embedding resize: every
+    mask is built from lengths and positions (a completion ends at its first EOS), never from PAD ids, so PAD may
+    equal EOS, as Llama, Qwen and SmolLM tokenizers ship. A tokenizer without PAD uses EOS (TRL's convention)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("processing_class: the tokenizer has neither a PAD nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def backbone_of(model: PreTrainedModel) -> nn.Module:

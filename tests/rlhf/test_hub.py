@@ -29,15 +29,19 @@ def test_missing_relative_directory_says_so(tmp_path, monkeypatch):
         load_model_config("runs/not_there")
 
 
-def test_pad_token_is_added_without_shrinking_padded_embeddings():
+def test_pad_token_is_never_added_and_embeddings_never_resized():
+    """PAD == EOS stays as it is; a tokenizer without PAD uses EOS. Masks come from positions (test_pad_eos.py)."""
     from rlhf.models import ensure_pad_token
 
     tok = build_tokenizer(["hello world"] * 4, vocab_size=270)
     model = build_causal_lm(tok)
     model.resize_token_embeddings(len(tok) + 30)  # padded matrix, like Pythia's
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows, n_tokens = model.get_input_embeddings().weight.shape[0], len(tok)
     tok.pad_token = tok.eos_token
     ensure_pad_token(tok, model)
-    assert tok.pad_token_id != tok.eos_token_id
+    assert tok.pad_token_id == tok.eos_token_id and len(tok) == n_tokens
     assert model.get_input_embeddings().weight.shape[0] == rows
-    assert model.config.pad_token_id == tok.pad_token_id
+    tok.pad_token = None
+    model.config.pad_token_id = None
+    ensure_pad_token(tok, model)
+    assert tok.pad_token_id == tok.eos_token_id == model.config.pad_token_id and len(tok) == n_tokens
