@@ -10,12 +10,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf.gguf import is_gguf, load_gguf
 from rlhf.hub import load_model_config
 
 
 def load_policy(
     source: str | PreTrainedModel, trust_remote_code: bool = False, field: str = "model"
 ) -> PreTrainedModel:
+    if is_gguf(source):  # a llama.cpp file: de-quantised into an ordinary model (rlhf/gguf.py)
+        return load_gguf(source, field=field)
     if isinstance(source, str):
         load_model_config(source, field=field, trust_remote_code=trust_remote_code)
         return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)

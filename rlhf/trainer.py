@@ -29,6 +29,7 @@ from rlhf import engines
 from rlhf.advantages import get_estimator
 from rlhf.config import PPOConfig
 from rlhf.experience import Experience, annotate, make_experience
+from rlhf.gguf import is_gguf, load_gguf_tokenizer
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf.losses import denominator_share, policy_loss, token_weights
 from rlhf.models import (
@@ -89,8 +90,10 @@ class PPOTrainer:
             policy = load_policy(model, args.trust_remote_code, field="model")
             if processing_class is None:
                 source = model if isinstance(model, str) else policy.config._name_or_path
-                processing_class = AutoTokenizer.from_pretrained(
-                    source, trust_remote_code=args.trust_remote_code
+                processing_class = (
+                    load_gguf_tokenizer(source)
+                    if is_gguf(source)
+                    else AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
                 )
             self.tokenizer = tokenizer = processing_class
             ensure_pad_token(tokenizer, policy)

