@@ -181,30 +181,40 @@ def optimizer_step(acc: Accelerator, model: Any, optimizer: Any, max_grad_norm: 
 
 
 @contextlib.contextmanager
-def gathered_parameters(acc: Accelerator, model: torch.nn.Module) -> Iterator[None]:
-    """Every rank holds the whole `model` inside the block (FSDP2 / ZeRO-3; a no-op elsewhere), so generation
-    runs rank-local forward passes of any number, with the lean sampler. Costs one full copy of the weights per
-    rank for the duration (as TRL's ds3_gather_for_generation)."""
+def gathered_parameters(acc: Accelerator, model: Any) -> Iterator[torch.nn.Module]:
+    """Every rank holds the whole prepared `model` inside the block (FSDP2 / ZeRO-3; a no-op elsewhere) and gets
+    the plain module to call, so generation runs rank-local forward passes of any number, with the lean sampler.
+    Costs one full copy of the weights per rank for the duration (as TRL's ds3_gather_for_generation). Under
+    ZeRO-3 the engine's per-module fetch/release hooks are taken off meanwhile (they would still run on every
+    decode step), and put back after."""
+    module = acc.unwrap_model(model)
     if acc.distributed_type == DistributedType.FSDP:
         from torch.distributed.fsdp import FSDPModule
 
-        modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-        for m in modules:
+        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        for m in units:
             m.unshard()
             m.set_reshard_after_forward(False)
         try:
-            yield
+            yield module
         finally:
-            for m in modules:
+            for m in units:
                 m.reshard()
                 m.set_reshard_after_forward(True)
     elif engine_name(acc) == "zero3":
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            yield
+        offload = getattr(model.optimizer, "parameter_offload", model.optimizer)
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            for hook in offload.forward_hooks + offload.backward_hooks:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+            try:
+                yield module
+            finally:
+                offload._register_deepspeed_module(offload.module)
     else:
-        yield
+        yield module
 
 
 # --- frozen networks ---------------------------------------------------------------------------------------------

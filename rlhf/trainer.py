@@ -318,8 +318,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         # under FSDP2 / ZeRO-3 each rank holds the whole policy while it samples: rank-local forward passes, so
         # ranks may generate different numbers of tokens
-        policy = self.accelerator.unwrap_model(self.policy)
-        with self.accelerator.autocast(), engines.gathered_parameters(self.accelerator, policy):
+        with self.accelerator.autocast(), engines.gathered_parameters(self.accelerator, self.policy):
             samples = self.generator.generate(*self._left_pad([self.prompt_ids[i] for i in rows]))
 
         t1 = time.perf_counter()
