@@ -121,6 +121,41 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
+def checkpoint_run_id(checkpoint: Path) -> str | None:
+    """The id of the run that wrote `checkpoint` (None for checkpoints from before runs had ids)."""
+    try:
+        return json.loads((checkpoint / "trainer_state.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def previous_run(output_dir: str | Path) -> list[str]:
+    """What an earlier run left in `output_dir`: its checkpoints and metrics file (names), or []."""
+    out = Path(output_dir)
+    found = [c.name for c in list_checkpoints(out)]
+    return found + (["metrics.jsonl"] if (out / "metrics.jsonl").is_file() else [])
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """A fresh run (no resume_from_checkpoint) into a directory holding another run's checkpoints or metrics is
+    refused unless `overwrite`: it would mix with, rotate away or resume from the other run."""
+    found = previous_run(output_dir)
+    if found and not resume and not overwrite:
+        shown = ", ".join(found[-3:]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+        raise FileExistsError(
+            f"output_dir={str(output_dir)!r} already holds a run ({shown}); pass resume_from_checkpoint='latest' "
+            "to continue it, overwrite_output_dir=True to replace it, or choose another output_dir"
+        )
+
+
+def clear_previous_run(output_dir: str | Path) -> None:
+    """overwrite_output_dir: remove the earlier run's checkpoints (and interrupted writes) and metrics file."""
+    out = Path(output_dir)
+    for path in list_checkpoints(out) + sorted(out.glob(f".tmp-{PREFIX}*")):
+        shutil.rmtree(path, ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
 def resolve_checkpoint(path: str, output_dir: str | Path) -> Path:
     if path == "latest":
         found = list_checkpoints(output_dir)
@@ -230,7 +265,11 @@ def _write_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         if save_total_limit:
-            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+            # only this run's older checkpoints rotate out, never the one just written (another run's
+            # higher-numbered checkpoints once made a new run delete its own as it wrote them)
+            run_id = trainer_state.get("run_id")
+            mine = [c for c in list_checkpoints(output_dir) if c != final and checkpoint_run_id(c) == run_id]
+            for old in mine[: max(len(mine) + 1 - save_total_limit, 0)]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -169,6 +169,13 @@ class PPOConfig:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "a checkpoint directory, or 'latest' for the newest in output_dir"}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "start afresh in an output_dir that holds an earlier run (its checkpoints and metrics.jsonl are "
+            "deleted when training starts); without it such a directory is refused unless resuming"
+        },
+    )
     bf16: bool = field(
         default=False, metadata={"help": "bf16 autocast (off by default; CPUs without bf16 are slow)"}
     )

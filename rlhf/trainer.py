@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,10 @@ class PPOTrainer:
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
     ) -> None:
         self.args = args = args or PPOConfig()
+        # before any work: a fresh run must not land on top of another run's checkpoints and metrics
+        ckpt_io.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        # checkpoints carry the id of the run that wrote them (rotation only touches this run's)
+        self.run_id = uuid.uuid4().hex[:12]
         # the engine `accelerate launch` asked for (DDP, FSDP2, ZeRO-2/3), also on CPU, or an error
         self.accelerator = acc = engines.make_accelerator(
             args.gradient_accumulation_steps,
@@ -519,6 +524,9 @@ class PPOTrainer:
         out = Path(args.output_dir)
         if args.resume_from_checkpoint:
             self._resume(ckpt_io.resolve_checkpoint(args.resume_from_checkpoint, out))
+        elif args.overwrite_output_dir and acc.is_main_process:
+            ckpt_io.clear_previous_run(out)
+        acc.wait_for_everyone()
         writer = None
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
@@ -605,6 +613,7 @@ class PPOTrainer:
         trained, schedulers = self._checkpoint_parts()
         state = {
             "step": self.step,
+            "run_id": self.run_id,
             "kl_controller": self.kl_ctl.state_dict(),
             "engine": engines.engine_name(self.accelerator),
             "world_size": self.accelerator.num_processes,
@@ -624,6 +633,7 @@ class PPOTrainer:
         trained, schedulers = self._checkpoint_parts()
         state = ckpt_io.load_checkpoint(self.accelerator, path, trained, schedulers)
         self.step = state["step"]
+        self.run_id = state.get("run_id", self.run_id)  # the resumed run keeps its id
         self.kl_ctl.load_state_dict(state["kl_controller"])
         if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
             truncate_metrics(Path(self.args.output_dir) / "metrics.jsonl", self.step)

@@ -1,6 +1,7 @@
 """Checkpoint files: loading runs no code, and every generator (CPU and accelerators) round-trips."""
 
 import errno
+import json
 import os
 import random
 import re
@@ -150,3 +151,25 @@ def test_full_disk_while_saving_the_model_removes_the_half_written_files(
     ):
         trainer.save_model(out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no model.safetensors / config.json left
+
+
+def test_rotation_only_removes_this_runs_older_checkpoints(tmp_path):
+    """Another run's higher-numbered checkpoint once won the sort and made a new run delete each checkpoint it
+    had just written; rotation now keeps the newest `save_total_limit` of this run's own."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    other = tmp_path / "checkpoint-9"
+    other.mkdir()
+    (other / "trainer_state.json").write_text(json.dumps({"step": 9, "run_id": "other"}))
+    for step in (1, 2, 3):
+        state = {"step": step, "run_id": "mine"}
+        ckpt_io.save_checkpoint(OneProcess(), tmp_path, step, {"policy": (model, opt)}, {}, state, 2)
+    assert [c.name for c in ckpt_io.list_checkpoints(tmp_path)] == [
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-9",
+    ]
+    ckpt_io.save_checkpoint(
+        OneProcess(), tmp_path, 4, {"policy": (model, opt)}, {}, {"step": 4, "run_id": "mine"}, 1
+    )
+    assert [c.name for c in ckpt_io.list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-9"]

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from classic.cli import parse_config
 from classic.runlog import read_metrics
 from rlhf import PPOConfig, PPOTrainer
+from rlhf import checkpoint as ckpt_io
 from rlhf.tiny import build_causal_lm
 
 PROMPTS = ["the movie", "a dog", "the cat", "it was"] * 8
@@ -437,3 +438,30 @@ def test_resume_survives_a_torn_last_metrics_line(tmp_path, tokenizer, policy):
         history = run(4, resume="latest")
     assert [r["step"] for r in history] == [3, 4]
     assert [r["step"] for r in read_metrics(metrics)] == [1, 2, 3, 4]
+
+
+def test_a_fresh_run_into_an_old_runs_directory_is_refused_or_replaces_it(tmp_path, tokenizer):
+    """An earlier 4-step run with checkpoints 2 and 4: a new 2-step run there is refused before any work; with
+    overwrite_output_dir it replaces the old run (its checkpoints survive rotation, metrics hold only its rows)
+    and resume_from_checkpoint='latest' then continues the new run, not the old one."""
+
+    def trainer(**kw):
+        args = small_config(tmp_path, save_steps=2, **kw)
+        return PPOTrainer(build_causal_lm(tokenizer, seed=0), count_good, args, dataset(), tokenizer)
+
+    trainer(max_steps=4).train()
+    run = tmp_path / "run"
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(
+        FileExistsError, match=r"already holds a run \(checkpoint-2, checkpoint-4, metrics.jsonl\)"
+    ):
+        trainer(max_steps=2)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing touched
+    new = trainer(max_steps=2, overwrite_output_dir=True)
+    new.train()
+    assert [c.name for c in ckpt_io.list_checkpoints(run)] == ["checkpoint-2"]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    resumed = trainer(max_steps=3, resume_from_checkpoint="latest", save_total_limit=5)
+    resumed.train()
+    assert resumed.run_id == new.run_id and resumed.step == 3
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
