@@ -281,9 +281,6 @@ class PPOTrainer:
         device = self.accelerator.device
         return ids.to(device), mask.to(device)
 
-    def _micro_batches(self, n: int) -> list[torch.Tensor]:
-        return list(torch.arange(n, device=self.accelerator.device).split(self.args.micro_batch_size))
-
     def _reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over all processes (the identity on one)."""
         return self.accelerator.reduce(x, reduction="sum") if self.accelerator.num_processes > 1 else x

@@ -44,7 +44,7 @@ def imdb_run(assets, tmp_path, config: str, *extra: str, **launch_kwargs):
     return launch("ppo.py", config, *overrides, **launch_kwargs), out
 
 
-def gsm8k_run(assets, tmp_path, config: str, *extra: str):
+def gsm8k_run(assets, tmp_path, config: str, *extra: str, **launch_kwargs):
     out = tmp_path / "out"
     overrides = [
         "--model_name_or_path",
@@ -54,7 +54,7 @@ def gsm8k_run(assets, tmp_path, config: str, *extra: str):
         "--output_dir",
         str(out),
     ]
-    return launch("ppo.py", config, *overrides, *SMALL_PPO, *extra), out
+    return launch("ppo.py", config, *overrides, *SMALL_PPO, *extra, **launch_kwargs), out
 
 
 # --- default suite: one launch per code path -------------------------------------------------------------------
@@ -276,23 +276,10 @@ def test_recipes_under_sharded_engines(assets, tmp_path, engine, config, extra):
     """The same recipe, only the accelerate config changed: 2 CPU processes under FSDP2 / ZeRO-2 / ZeRO-3."""
     if engine.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
-    out = tmp_path / "out"
-    overrides = [
-        "--model_name_or_path",
-        assets["lm"],
-        "--dataset_name",
-        assets["gsm8k"],
-        "--output_dir",
-        str(out),
-    ]
-    result = launch(
-        "ppo.py",
-        config,
-        *overrides,
-        *SMALL_PPO,
-        *extra,
-        accelerate_config=f"recipes/accelerate/{engine}.yaml",
-        accelerate_args=("--num_processes", "2"),
+    engine_config = f"recipes/accelerate/{engine}.yaml"
+    two = ("--num_processes", "2")
+    result, out = gsm8k_run(
+        assets, tmp_path, config, *extra, accelerate_config=engine_config, accelerate_args=two
     )
     rows = check_ppo_run(result, out, processes=2)
     assert ("value_loss" in rows[0]) == config.endswith("_ppo.yaml")
