@@ -157,6 +157,13 @@ class PPOConfig:
         default=None,
         metadata={"help": "score given to completions that never emit EOS (N+ 'EOS trick'); None = off"},
     )
+    reward_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds a reward function may take per call before the run stops with an error naming it; "
+            "None = wait as long as it takes"
+        },
+    )
     critic_init: Literal["auto", "reward_model", "policy"] = field(
         default="auto",
         metadata={"help": "initialise the critic from the reward model or the policy (auto: RM if any)"},
@@ -262,6 +269,10 @@ class PPOConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {value}")
+        if self.reward_timeout is not None and not self.reward_timeout > 0:
+            raise ValueError(
+                f"PPOConfig.reward_timeout must be > 0 seconds or None, got {self.reward_timeout}"
+            )
         if not self.ddp_timeout > 0:
             raise ValueError(f"PPOConfig.ddp_timeout must be > 0 seconds, got {self.ddp_timeout}")
         if self.save_steps < 0:

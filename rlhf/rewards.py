@@ -9,12 +9,17 @@ prompt index, so nothing is trained on garbage.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
@@ -125,14 +130,16 @@ def reward_name(func: Callable) -> str:
 def check_rewards(
     name: str, values: Any, prompts: Sequence[Any], prompt_indices: Sequence[int] | None = None
 ) -> list[float]:
-    """Validate one reward function's output; raise naming the function and the first bad row."""
+    """Validate one reward function's output; raise naming the function and the first bad row. Accepted as TRL
+    users write them: a list (or tuple) of numbers, a numpy array, a tensor, or a list of numpy / 0-d tensor
+    scalars."""
 
     def where(i: int) -> str:
         row = f"dataset row {prompt_indices[i]}, " if prompt_indices is not None else ""
         return f"at index {i} ({row}prompt {str(prompts[i])[:60]!r})"
 
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
+    if isinstance(values, torch.Tensor) or type(values).__module__ == "numpy":
+        values = values.tolist() if getattr(values, "ndim", 1) else [values.item()]
     if not isinstance(values, Sequence) or isinstance(values, str):
         raise TypeError(
             f"reward function {name!r} returned {type(values).__name__}; expected a list of floats"
@@ -143,12 +150,55 @@ def check_rewards(
         )
     out = []
     for i, v in enumerate(values):
-        if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        # numbers.Real covers numpy's float32 / int64 scalars; bool is a number but never a reward
+        if v is None or isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
             raise TypeError(f"reward function {name!r} returned {v!r} {where(i)}; expected a float")
         if not math.isfinite(v):
             raise ValueError(f"reward function {name!r} returned a non-finite value {v} {where(i)}")
         out.append(float(v))
     return out
+
+
+def _is_async(func: Callable) -> bool:
+    """An `async def` function, or an object whose __call__ is one."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
+def _call(func: Callable, kwargs: dict[str, Any], timeout: float | None) -> Any:
+    """A plain reward function, stopped waiting for after `timeout` seconds (its thread cannot be killed: it is
+    left to finish on its own, the step fails now)."""
+    if timeout is None:
+        return func(**kwargs)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(func, **kwargs).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"did not return within reward_timeout={timeout:g} s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _call_async(funcs: Sequence[Callable], kwargs: dict[str, Any], timeout: float | None) -> list[Any]:
+    """`async def` reward functions, all at once in one event loop (in a thread of its own when the caller
+    already runs a loop, as a notebook does); a result or the exception it raised for each."""
+
+    async def one(func: Callable) -> Any:
+        try:
+            return await asyncio.wait_for(func(**kwargs), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"did not return within reward_timeout={timeout:g} s") from None
+
+    async def every() -> list[Any]:
+        return await asyncio.gather(*(one(f) for f in funcs), return_exceptions=True)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running: the usual case
+        return asyncio.run(every())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, every()).result()
 
 
 def compute_rewards(
@@ -157,18 +207,33 @@ def compute_rewards(
     completions: list[str],
     columns: dict[str, list],
     prompt_indices: Sequence[int] | None = None,
+    timeout: float | None = None,
 ) -> torch.Tensor:
-    """Call every reward function; returns (num_funcs, batch) raw scores. Exceptions are re-raised naming the
-    function and the dataset rows involved."""
-    rows = []
-    for func in reward_funcs:
-        name = reward_name(func)
-        try:
-            values = func(prompts=prompts, completions=completions, **columns)
-        except Exception as err:
-            where = f" (dataset rows {sorted(set(prompt_indices))})" if prompt_indices is not None else ""
-            raise RuntimeError(f"reward function {name!r} raised {type(err).__name__}: {err}{where}") from err
-        rows.append(check_rewards(name, values, prompts, prompt_indices))
+    """Call every reward function (plain ones in order, `async def` ones concurrently); returns (num_funcs,
+    batch) raw scores. An exception, a timeout included, is re-raised naming the function and the dataset rows."""
+    kwargs = {"prompts": prompts, "completions": completions, **columns}
+    where = f" (dataset rows {sorted(set(prompt_indices))})" if prompt_indices is not None else ""
+
+    def failed(func: Callable, err: BaseException) -> RuntimeError:
+        return RuntimeError(
+            f"reward function {reward_name(func)!r} raised {type(err).__name__}: {err}{where}"
+        )
+
+    outputs: list[Any] = [None] * len(reward_funcs)
+    asyncs = [i for i, f in enumerate(reward_funcs) if _is_async(f)]
+    for i, func in enumerate(reward_funcs):
+        if i not in asyncs:
+            try:
+                outputs[i] = _call(func, kwargs, timeout)
+            except Exception as err:
+                raise failed(func, err) from err
+    for i, value in zip(
+        asyncs, _call_async([reward_funcs[i] for i in asyncs], kwargs, timeout) if asyncs else []
+    ):
+        if isinstance(value, BaseException):
+            raise failed(reward_funcs[i], value) from value
+        outputs[i] = value
+    rows = [check_rewards(reward_name(f), v, prompts, prompt_indices) for f, v in zip(reward_funcs, outputs)]
     return torch.tensor(rows, dtype=torch.float32)
 
 
@@ -229,11 +294,14 @@ def score(
     ended_with_eos: torch.Tensor,
     missing_eos_penalty: float | None = None,
     prompt_indices: Sequence[int] | None = None,
+    timeout: float | None = None,
 ) -> Scores:
     """Every reward function on every completion, weighted and summed: total = sum_i weights_i * raw_i, except
     that a completion that never emitted EOS gets `missing_eos_penalty` when it is set (N+ 'EOS trick').
     Weight-0 functions are computed and logged but do not train."""
-    raw = compute_rewards(reward_funcs, prompts, completions, columns, prompt_indices)  # (funcs, batch)
+    raw = compute_rewards(
+        reward_funcs, prompts, completions, columns, prompt_indices, timeout
+    )  # (funcs, batch)
     raw = raw.to(ended_with_eos.device)
     total = (weights.to(raw.device)[:, None] * raw).sum(0)  # (batch,)
     if missing_eos_penalty is not None:

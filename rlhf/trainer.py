@@ -335,6 +335,7 @@ class PPOTrainer:
             ends_with_eos(samples.response_ids, samples.response_mask, self.tokenizer.eos_token_id),
             args.missing_eos_penalty,
             prompt_indices=rows,
+            timeout=args.reward_timeout,
         )
 
         # generation and scoring are rank-local: a rank stuck there (a reward function that never returns) would
