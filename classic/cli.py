@@ -207,7 +207,10 @@ def parse_config(cls: type[T], argv: list[str] | None = None, defaults: dict[str
         i += 1
     _reject_renamed(cls, from_command_line, "command line")
     values.update(from_command_line)
-    return config_from_dict(cls, values, source=known.config or "command line")
+    # an unknown key is blamed on where it came from: the command line if it has one, else the YAML file
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    source = "command line" if set(from_command_line) - fields else known.config or "command line"
+    return config_from_dict(cls, values, source=source)
 
 
 @contextlib.contextmanager

@@ -215,6 +215,12 @@ class PPOConfig:
         default_factory=list, metadata={"help": "accelerate trackers, e.g. [tensorboard] or [wandb]"}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "no progress bar"})
+    plot_metrics: bool = field(
+        default=True,
+        metadata={
+            "help": "write reward / KL / entropy / length / loss PNGs to output_dir when training ends"
+        },
+    )
 
     def __post_init__(self) -> None:
         positive = (

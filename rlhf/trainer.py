@@ -41,6 +41,7 @@ from rlhf.models import (
     fuse_activations,
     load_policy,
 )
+from rlhf.plots import plot_run
 from rlhf.rewards import RewardModel, Scores, build_reward_funcs, reward_name, score
 from rlhf.rollout import Generator, Samples, ends_with_eos, forward_logprobs, forward_values
 
@@ -578,6 +579,8 @@ class PPOTrainer:
         bar.close()
         if writer is not None:
             writer.close()
+            if args.plot_metrics and history:
+                plot_run(out)
         if args.report_to:
             # flush and close the trackers only: `end_training` would also destroy the process group, which
             # save_model and the caller's own code still need

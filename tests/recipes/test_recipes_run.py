@@ -283,3 +283,30 @@ def test_recipes_under_sharded_engines(assets, tmp_path, engine, config, extra):
     )
     rows = check_ppo_run(result, out, processes=2)
     assert ("value_loss" in rows[0]) == config.endswith("_ppo.yaml")
+
+
+def test_rlhf_train_under_accelerate_launch_takes_both_flag_spellings(assets, tmp_path):
+    """`accelerate launch -m rlhf train` = recipes/ppo.py; `--max-steps` and `--max_steps` are the same field."""
+    import os
+    import subprocess
+
+    from tests.recipes.conftest import ACCELERATE
+
+    out = tmp_path / "out"
+    cmd = [ACCELERATE, "launch", "--config_file", "recipes/accelerate/cpu.yaml", "-m", "rlhf", "train"]
+    cmd += ["--config", "recipes/qwen_gsm8k_grpo.yaml", "--model-name-or-path", assets["lm"]]
+    cmd += ["--dataset_name", assets["gsm8k"], "--output-dir", str(out), *SMALL_PPO]
+    cmd += ["--rollout-batch-size", "2", "--num_generations", "2", "--mini-batch-size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    check_ppo_run(result, out)
+    assert (out / "reward.png").is_file()  # every run leaves its plots
+    bad = subprocess.run(
+        [*cmd[:7], "--config", "recipes/qwen_gsm8k_grpo.yaml", "--max-stepz", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "rlhf train: error: command line: unknown key(s) ['max_stepz']" in bad.stderr

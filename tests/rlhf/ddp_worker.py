@@ -59,6 +59,7 @@ for estimator in sys.argv[2:]:
         num_ppo_epochs=1,
         advantage_estimator=estimator,
         disable_tqdm=True,
+        plot_metrics=False,
         save_steps=1,
         adaptive_kl=True,
         kl_coef=0.1,

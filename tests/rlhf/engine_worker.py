@@ -54,6 +54,7 @@ def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **ov
         advantage_estimator=estimator,
         kl_coef=0.1,
         disable_tqdm=True,
+        plot_metrics=False,
         **overrides,
     )
     trainer = PPOTrainer(

@@ -31,6 +31,7 @@ args = PPOConfig(
     advantage_estimator="reinforce_pp",
     ddp_timeout=5,
     disable_tqdm=True,
+    plot_metrics=False,
 )
 dataset = datasets.Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
 trainer = PPOTrainer(build_causal_lm(tokenizer), stalls_on_rank_1, args, dataset, tokenizer)

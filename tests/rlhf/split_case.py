@@ -48,6 +48,7 @@ def config(out, estimator: str, loss_type: str, micro: int, world: int = 1) -> P
         clip_eps=0.2,
         clip_eps_high=0.3,
         disable_tqdm=True,
+        plot_metrics=False,
     )
 
 

@@ -26,6 +26,7 @@ def config(tmp_path, **kw):
         max_new_tokens=4,
         num_ppo_epochs=1,
         disable_tqdm=True,
+        plot_metrics=False,
         critic_init="policy",
     )
     return PPOConfig(**{**base, **kw})

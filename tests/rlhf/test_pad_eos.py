@@ -37,6 +37,7 @@ def config(tmp_path, **kw):
         advantage_estimator="grpo",
         kl_coef=0.0,
         disable_tqdm=True,
+        plot_metrics=False,
     )
     values.update(kw)
     return PPOConfig(**values)

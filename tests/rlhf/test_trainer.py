@@ -40,6 +40,7 @@ def small_config(tmp_path, **overrides):
         critic_learning_rate=1e-3,
         num_ppo_epochs=2,
         disable_tqdm=True,
+        plot_metrics=False,
         critic_init="policy",
     )
     values.update(overrides)
@@ -465,3 +466,19 @@ def test_a_fresh_run_into_an_old_runs_directory_is_refused_or_replaces_it(tmp_pa
     resumed.train()
     assert resumed.run_id == new.run_id and resumed.step == 3
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_every_run_leaves_plots_and_rlhf_plot_redraws_them(tmp_path, tokenizer, policy):
+    from rlhf.cli import main as rlhf_cli
+
+    args = small_config(tmp_path, max_steps=3, plot_metrics=True, advantage_estimator="gae")
+    PPOTrainer(policy, [count_good, completion_chars], args, dataset(), tokenizer).train()
+    run = tmp_path / "run"
+    expected = ["completion_length.png", "entropy.png", "kl.png", "kl_coef.png", "losses.png", "reward.png"]
+    assert sorted(p.name for p in run.glob("*.png")) == expected
+    for name in expected:
+        data = (run / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name  # a real, non-empty image
+        (run / name).unlink()
+    rlhf_cli(["plot", str(run)])
+    assert sorted(p.name for p in run.glob("*.png")) == expected
