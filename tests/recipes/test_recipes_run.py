@@ -309,4 +309,6 @@ def test_rlhf_train_under_accelerate_launch_takes_both_flag_spellings(assets, tm
         text=True,
         timeout=300,
     )
-    assert bad.returncode != 0 and "rlhf train: error: command line: unknown key(s) ['max_stepz']" in bad.stderr
+    assert (
+        bad.returncode != 0 and "rlhf train: error: command line: unknown key(s) ['max_stepz']" in bad.stderr
+    )
