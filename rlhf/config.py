@@ -171,6 +171,17 @@ class PPOConfig:
 
     # --- running -------------------------------------------------------------------------------------------
     logging_steps: int = field(default=1, metadata={"help": "write metrics every N steps"})
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "append every completion of every logged step to output_dir/completions.jsonl (step, prompt, "
+            "completion, each reward function's score, reward, advantage, length, ended_with_eos)"
+        },
+    )
+    print_completions_steps: int = field(
+        default=0,
+        metadata={"help": "print one prompt / completion / reward sample every N steps (0 = never)"},
+    )
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints"})
     resume_from_checkpoint: str | None = field(
@@ -281,6 +292,8 @@ class PPOConfig:
             )
         if not self.ddp_timeout > 0:
             raise ValueError(f"PPOConfig.ddp_timeout must be > 0 seconds, got {self.ddp_timeout}")
+        if self.print_completions_steps < 0:
+            raise ValueError(f"PPOConfig.print_completions_steps must be >= 0, got {self.print_completions_steps}")
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
 

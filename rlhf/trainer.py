@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic import functional as F
@@ -360,6 +362,23 @@ class PPOTrainer:
         stats = self._rollout_stats(experience, scores)
         stats.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/annotate": t3 - t2})
         self._samples = (prompts[:4], completions[:4])
+        if args.log_completions or args.print_completions_steps:
+            lengths = experience.response_mask.sum(1)
+            # one number per completion: the mean of its token advantages (a critic-free estimator without a KL
+            # penalty gives every token the same one)
+            advantages = (experience.advantages * experience.response_mask).sum(1) / lengths.clamp(min=1)
+            self._completion_rows = [
+                {
+                    "prompt": prompts[i],
+                    "completion": completions[i],
+                    **{f"reward/{n}": float(scores.raw[j, i]) for j, n in enumerate(self.reward_names)},
+                    "reward": float(scores.total[i]),
+                    "advantage": float(advantages[i]),
+                    "length": int(lengths[i]),
+                    "ended_with_eos": bool(scores.ended_with_eos[i]),
+                }
+                for i in range(len(completions))
+            ]
         return experience, stats
 
     def _rollout_stats(self, exp: Experience, scores: Scores) -> dict[str, float | None]:
@@ -570,6 +589,7 @@ class PPOTrainer:
                 writer.write(row)
                 if args.report_to:
                     acc.log(row, step=self.step)
+            self._log_completions(bar)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl') or 0:.3f}")
             # 5. checkpoint
@@ -587,6 +607,29 @@ class PPOTrainer:
             for tracker in acc.trackers:
                 tracker.finish()
         return history
+
+    def _log_completions(self, bar: Any) -> None:
+        """completions.jsonl (every completion of every rank, `log_completions`) and one sample on the console
+        every `print_completions_steps` steps."""
+        args, acc = self.args, self.accelerator
+        if not (args.log_completions or args.print_completions_steps):
+            return
+        rows = self._completion_rows
+        if args.log_completions:
+            rows = gather_object(rows) if acc.num_processes > 1 else rows
+        if not acc.is_main_process:
+            return
+        if args.log_completions and self.step % args.logging_steps == 0:
+            with open(Path(args.output_dir) / "completions.jsonl", "a") as f:
+                for r in rows:
+                    f.write(json.dumps({"step": self.step, **r}) + "\n")
+        if args.print_completions_steps and self.step % args.print_completions_steps == 0:
+            r = rows[0]
+            bar.write(
+                f"[step {self.step}] reward {r['reward']:.3f} advantage {r['advantage']:+.3f}"
+                f"{'' if r['ended_with_eos'] else ' (no EOS)'}\n  prompt: {str(r['prompt'])[:200]!r}"
+                f"\n  completion: {r['completion'][:300]!r}"
+            )
 
     def _gather_metrics(self, stats: dict[str, float | None]) -> dict[str, float]:
         """Mean over ranks (tokens/s: sum of generated tokens over the slowest rank's step time)."""
@@ -638,6 +681,8 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
             truncate_metrics(Path(self.args.output_dir) / "metrics.jsonl", self.step)
+            if (Path(self.args.output_dir) / "completions.jsonl").is_file():
+                truncate_metrics(Path(self.args.output_dir) / "completions.jsonl", self.step)
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer, with a full state dict

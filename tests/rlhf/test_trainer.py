@@ -482,3 +482,43 @@ def test_every_run_leaves_plots_and_rlhf_plot_redraws_them(tmp_path, tokenizer, 
         (run / name).unlink()
     rlhf_cli(["plot", str(run)])
     assert sorted(p.name for p in run.glob("*.png")) == expected
+
+
+def test_completions_jsonl_has_one_row_per_completion_with_the_documented_fields(
+    tmp_path, tokenizer, policy, capsys
+):
+    args = small_config(
+        tmp_path,
+        max_steps=2,
+        log_completions=True,
+        print_completions_steps=2,
+        advantage_estimator="grpo",
+        num_generations=2,
+        rollout_batch_size=2,
+        kl_coef=0.0,
+    )
+    history = PPOTrainer(policy, [count_good, completion_chars], args, dataset(), tokenizer).train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 4 + [2] * 4  # 2 prompts x 2 completions per step
+    fields = {
+        "step",
+        "prompt",
+        "completion",
+        "reward/count_good",
+        "reward/completion_chars",
+        "reward",
+        "advantage",
+        "length",
+        "ended_with_eos",
+    }
+    assert all(set(r) == fields for r in rows)
+    for step in (1, 2):
+        mine = [r for r in rows if r["step"] == step]
+        assert sum(r["reward"] for r in mine) / 4 == pytest.approx(history[step - 1]["reward"], abs=1e-5)
+        for r in mine:
+            assert r["reward"] == pytest.approx(r["reward/count_good"] + r["reward/completion_chars"])
+            assert r["reward/completion_chars"] == pytest.approx(len(r["completion"]) / 10)
+        # grpo without KL: each group's two advantages are +-(the same number)
+        assert mine[0]["advantage"] == pytest.approx(-mine[1]["advantage"], abs=1e-5)
+    printed = capsys.readouterr()
+    assert "[step 2] reward" in printed.out + printed.err and "[step 1]" not in printed.out + printed.err
