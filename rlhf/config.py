@@ -293,7 +293,9 @@ class PPOConfig:
         if not self.ddp_timeout > 0:
             raise ValueError(f"PPOConfig.ddp_timeout must be > 0 seconds, got {self.ddp_timeout}")
         if self.print_completions_steps < 0:
-            raise ValueError(f"PPOConfig.print_completions_steps must be >= 0, got {self.print_completions_steps}")
+            raise ValueError(
+                f"PPOConfig.print_completions_steps must be >= 0, got {self.print_completions_steps}"
+            )
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
 
