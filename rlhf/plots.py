@@ -25,7 +25,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     keys = sorted({k for r in rows for k in r})
     smooth = 5 if len(rows) >= 20 else 1
     plots = [
-        ("reward.png", ["reward"] + [k for k in keys if k.startswith("reward/")], "Reward", "score"),
+        (
+            "reward.png",
+            ["reward"] + [k for k in keys if k.startswith("reward/") and not k.endswith("_std")],
+            "Reward",
+            "score",
+        ),
         ("kl.png", ["kl"], "KL to the reference per completion", "nats"),
         ("kl_coef.png", ["kl_coef"], "KL coefficient (beta)", "beta"),
         ("entropy.png", ["entropy"], "Policy entropy per token during the update", "nats"),

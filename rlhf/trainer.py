@@ -388,12 +388,16 @@ class PPOTrainer:
             "reward": total.mean().item(),
             "reward_std": total.std().item() if len(total) > 1 else 0.0,
             "completion_length": lengths.mean().item(),
+            "completion_length_min": lengths.min().item(),
+            "completion_length_max": lengths.max().item(),
             "eos_fraction": scores.ended_with_eos.float().mean().item(),
+            "truncated_fraction": 1.0 - scores.ended_with_eos.float().mean().item(),
             "kl": exp.kl.sum(1).mean().item() if exp.kl is not None else None,
             "generated_tokens": float(lengths.sum().item()),
         }
         for j, name in enumerate(self.reward_names):
             stats[f"reward/{name}"] = scores.raw[j].mean().item()
+            stats[f"reward/{name}_std"] = scores.raw[j].std().item() if len(total) > 1 else 0.0
         if self.args.num_generations > 1:  # groups whose completions all scored the same teach nothing
             groups = total.view(-1, self.args.num_generations)
             stats["zero_std_group_fraction"] = (groups.std(dim=1) == 0).float().mean().item()
@@ -632,12 +636,22 @@ class PPOTrainer:
             )
 
     def _gather_metrics(self, stats: dict[str, float | None]) -> dict[str, float]:
-        """Mean over ranks (tokens/s: sum of generated tokens over the slowest rank's step time)."""
+        """Over ranks: `*_min` the minimum, `*_max` the maximum, `time/*` the slowest rank's (a step lasts as long
+        as its slowest rank), the rest the mean (update statistics are already all-rank sums, the same on every
+        rank); tokens/s = all ranks' generated tokens over the step time."""
         acc = self.accelerator
         keys = sorted(k for k, v in stats.items() if v is not None)
-        local = torch.tensor([float(stats[k]) for k in keys], device=acc.device)
-        mean = acc.reduce(local, reduction="mean") if acc.num_processes > 1 else local
-        row = {"step": self.step, **{k: round(v, 6) for k, v in zip(keys, mean.tolist())}}
+        local = torch.tensor([[float(stats[k]) for k in keys]], device=acc.device)
+        every = acc.gather(local) if acc.num_processes > 1 else local  # (ranks, keys)
+        values = [
+            every[:, i].min()
+            if k.endswith("_min")
+            else every[:, i].max()
+            if k.endswith("_max") or k.startswith("time/")
+            else every[:, i].mean()
+            for i, k in enumerate(keys)
+        ]
+        row = {"step": self.step, **{k: round(float(v), 6) for k, v in zip(keys, values)}}
         row["generated_tokens"] = row["generated_tokens"] * acc.num_processes
         row["tokens_per_s"] = round(row["generated_tokens"] / max(row["time/step"], 1e-9), 2)
         row["kl_coef"] = self.kl_ctl.value

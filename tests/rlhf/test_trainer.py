@@ -520,5 +520,11 @@ def test_completions_jsonl_has_one_row_per_completion_with_the_documented_fields
             assert r["reward/completion_chars"] == pytest.approx(len(r["completion"]) / 10)
         # grpo without KL: each group's two advantages are +-(the same number)
         assert mine[0]["advantage"] == pytest.approx(-mine[1]["advantage"], abs=1e-5)
+        # the step's length and per-function statistics are those of its completions
+        row, lengths = history[step - 1], [r["length"] for r in mine]
+        assert (row["completion_length_min"], row["completion_length_max"]) == (min(lengths), max(lengths))
+        assert row["truncated_fraction"] == pytest.approx(1 - sum(r["ended_with_eos"] for r in mine) / 4)
+        chars = torch.tensor([r["reward/completion_chars"] for r in mine])
+        assert row["reward/completion_chars_std"] == pytest.approx(chars.std().item(), abs=1e-5)
     printed = capsys.readouterr()
     assert "[step 2] reward" in printed.out + printed.err and "[step 1]" not in printed.out + printed.err
