@@ -81,7 +81,7 @@ def worker(out: Path, estimator: str, steps: int, size: dict) -> None:
         build_reward_model(tokenizer, seed=1, **shape),
         args,
         datasets.Dataset.from_dict({"prompt": prompts}),
-        tokenizer,
+        processing_class=tokenizer,
         reward_processing_classes=tokenizer,
     )
     # the body of PPOTrainer.train's loop (no metrics file, no checkpoint: its gathering is not a step's cost)

@@ -94,7 +94,7 @@ def worker(out: Path, tiny: bool, steps: int) -> None:
         reward_model,
         args,
         datasets.Dataset.from_dict({"prompt": prompts}),
-        tokenizer,
+        processing_class=tokenizer,
         reward_processing_classes=tokenizer,
     )
     cuda = torch.cuda.is_available()

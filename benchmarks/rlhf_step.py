@@ -157,7 +157,9 @@ def run_ours(name: str, directory: Path, size: dict, out: Path, checkpointing: s
         disable_tqdm=True,
         gradient_checkpointing=checkpointing == "on",
     )
-    trainer = PPOTrainer(policy, reward_model, args, dataset, tokenizer, reward_processing_classes=tokenizer)
+    trainer = PPOTrainer(
+        policy, reward_model, args, dataset, processing_class=tokenizer, reward_processing_classes=tokenizer
+    )
     emit({"ready": True})
     for line in sys.stdin:
         if line.strip() != "step":

@@ -121,6 +121,10 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
+# the per-run logs a fresh run with overwrite_output_dir replaces (appended to as a run goes)
+RUN_LOGS = ("metrics.jsonl", "completions.jsonl", "eval_completions.jsonl")
+
+
 def checkpoint_run_id(checkpoint: Path) -> str | None:
     """The id of the run that wrote `checkpoint` (None for checkpoints from before runs had ids)."""
     try:
@@ -130,10 +134,9 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 
 
 def previous_run(output_dir: str | Path) -> list[str]:
-    """What an earlier run left in `output_dir`: its checkpoints and metrics file (names), or []."""
+    """What an earlier run left in `output_dir`: its checkpoints and log files (names), or []."""
     out = Path(output_dir)
-    found = [c.name for c in list_checkpoints(out)]
-    return found + (["metrics.jsonl"] if (out / "metrics.jsonl").is_file() else [])
+    return [c.name for c in list_checkpoints(out)] + [n for n in RUN_LOGS if (out / n).is_file()]
 
 
 def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
@@ -153,7 +156,8 @@ def clear_previous_run(output_dir: str | Path) -> None:
     out = Path(output_dir)
     for path in list_checkpoints(out) + sorted(out.glob(f".tmp-{PREFIX}*")):
         shutil.rmtree(path, ignore_errors=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    for name in RUN_LOGS:
+        (out / name).unlink(missing_ok=True)
 
 
 def resolve_checkpoint(path: str, output_dir: str | Path) -> Path:
@@ -200,12 +204,13 @@ def save_checkpoint(
     schedulers: dict[str, Any],
     trainer_state: dict[str, Any],
     save_total_limit: int | None,
+    keep: str | None = None,
 ) -> Path | None:
     """`_write_checkpoint`, with a full disk reported in one line and the temporary directory removed."""
     final, tmp = Path(output_dir) / f"{PREFIX}{step}", Path(output_dir) / f".tmp-{PREFIX}{step}"
     with explain_full_disk(final, partial=[tmp]):
         return _write_checkpoint(
-            accelerator, output_dir, step, trained, schedulers, trainer_state, save_total_limit
+            accelerator, output_dir, step, trained, schedulers, trainer_state, save_total_limit, keep
         )
 
 
@@ -217,13 +222,16 @@ def _write_checkpoint(
     schedulers: dict[str, Any],
     trainer_state: dict[str, Any],
     save_total_limit: int | None,
+    keep: str | None = None,
 ) -> Path | None:
     """Write `checkpoint-<step>` atomically. Every rank must call this (gathering sharded weights is a collective).
 
     trained: name -> (prepared model, prepared optimizer). Each model's trainable weights are gathered whole and
     written as `<name>.safetensors` whatever the engine; the optimizer state is written as `<name>_optimizer.pt`
     (DDP: the one replicated state; FSDP2: gathered whole, keyed by parameter name) or, under DeepSpeed, as the
-    engine's own per-rank checkpoint in `deepspeed/<name>/` (its fp32 master weights and sharded states)."""
+    engine's own per-rank checkpoint in `deepspeed/<name>/` (its fp32 master weights and sharded states).
+    save_total_limit rotates out this run's oldest checkpoints, never the one just written nor `keep` (the
+    best checkpoint's name), which counts towards the limit unless the limit is 1 (then two stay, as in HF)."""
     from rlhf import engines
 
     final = Path(output_dir) / f"{PREFIX}{step}"
@@ -268,8 +276,13 @@ def _write_checkpoint(
             # only this run's older checkpoints rotate out, never the one just written (another run's
             # higher-numbered checkpoints once made a new run delete its own as it wrote them)
             run_id = trainer_state.get("run_id")
-            mine = [c for c in list_checkpoints(output_dir) if c != final and checkpoint_run_id(c) == run_id]
-            for old in mine[: max(len(mine) + 1 - save_total_limit, 0)]:
+            mine = [
+                c
+                for c in list_checkpoints(output_dir)
+                if c != final and c.name != keep and checkpoint_run_id(c) == run_id
+            ]
+            kept = 1 + (keep is not None and keep != final.name and (Path(output_dir) / keep).is_dir())
+            for old in mine[: max(len(mine) + kept - save_total_limit, 0)]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

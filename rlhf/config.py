@@ -169,6 +169,38 @@ class PPOConfig:
         metadata={"help": "initialise the critic from the reward model or the policy (auto: RM if any)"},
     )
 
+    # --- evaluation during training (needs an eval_dataset) ---------------------------------------------------
+    eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "evaluate on eval_dataset every N steps and after the last one (0 = never): completions for "
+            "every held-out prompt, scored by every reward function (weight 0 included), logged as eval/*"
+        },
+    )
+    eval_on_start: bool = field(
+        default=False, metadata={"help": "evaluate once before the first step (the base model's numbers)"}
+    )
+    eval_num_generations: int = field(default=1, metadata={"help": "completions per eval prompt"})
+    eval_temperature: float = field(
+        default=0.0,
+        metadata={"help": "0 = greedy decoding; > 0 samples (seeded per step, apart from training)"},
+    )
+    eval_batch_size: int = field(
+        default=32, metadata={"help": "eval completions per generate call per process"}
+    )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "eval metric that picks the best checkpoint, e.g. eval/reward or eval/reward/<function> (the "
+            "eval/ prefix may be left out); a new best is checkpointed when it is measured and is never rotated "
+            "out by save_total_limit"
+        },
+    )
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={"help": "direction of metric_for_best_model; None = True unless the name ends in 'loss'"},
+    )
+
     # --- running -------------------------------------------------------------------------------------------
     logging_steps: int = field(default=1, metadata={"help": "write metrics every N steps"})
     log_completions: bool = field(
@@ -296,6 +328,26 @@ class PPOConfig:
             raise ValueError(
                 f"PPOConfig.print_completions_steps must be >= 0, got {self.print_completions_steps}"
             )
+        for name in ("eval_steps",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("eval_num_generations", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
+            raise ValueError(
+                f"PPOConfig.eval_temperature must be >= 0 (0 = greedy), got {self.eval_temperature}"
+            )
+        if self.metric_for_best_model is not None:
+            if not self.metric_for_best_model.startswith("eval/"):
+                self.metric_for_best_model = "eval/" + self.metric_for_best_model
+            if self.greater_is_better is None:
+                self.greater_is_better = not self.metric_for_best_model.endswith("loss")
+            if not self.eval_steps:
+                raise ValueError(
+                    f"PPOConfig.metric_for_best_model={self.metric_for_best_model!r} needs evaluations: set "
+                    "eval_steps > 0 (and pass an eval_dataset)"
+                )
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
 

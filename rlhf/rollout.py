@@ -174,7 +174,8 @@ def sample(
     pad_token_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling with a KV cache: what `model.generate(do_sample=True)` does (float32 softmax at
-    `temperature`, PAD fed to finished rows, attention mask extended with ones, stop when every row has ended)
+    `temperature` (0 = greedy), PAD fed to finished rows, attention mask extended with ones, stop when every row
+    has ended)
     without its per-step machinery, with a preallocated cache and inverse-CDF draws (`draw_tokens`), returning
     the log-prob of each sampled token at `temperature`, so the rollout needs no separate forward pass for the
     behaviour policy's log-probs.
@@ -217,10 +218,11 @@ def sample(
     length = max_new_tokens
     for t in range(max_new_tokens):
         scores = logits.float()
-        if temperature != 1.0:
+        if temperature not in (0.0, 1.0):
             scores = scores / temperature
         token_logprobs = torch.log_softmax(scores, dim=-1)
-        next_ids = draw_tokens(token_logprobs.exp())
+        # temperature 0: greedy decoding (evaluation); the log-probs are then those at temperature 1
+        next_ids = scores.argmax(-1) if temperature == 0 else draw_tokens(token_logprobs.exp())
         next_ids = torch.where(unfinished, next_ids, pad_token_id)
         response_ids[:, t] = next_ids
         logprobs[:, t] = token_logprobs.gather(1, next_ids[:, None]).squeeze(1) * unfinished
@@ -270,11 +272,13 @@ def generate(
         out = model.generate(
             input_ids=query_ids,
             attention_mask=query_mask,
-            do_sample=True,
             max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
+            # temperature 0: greedy (evaluation), where sampling settings would only draw warnings
+            **(
+                {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+                if temperature > 0
+                else {"do_sample": False}
+            ),
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             synced_gpus=synced_gpus,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,12 +52,13 @@ RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
 
 
 class PPOTrainer:
-    """`PPOTrainer(model, reward_funcs, args, train_dataset, processing_class).train()`.
+    """`PPOTrainer(model, reward_funcs, args, train_dataset, eval_dataset, processing_class).train()`.
 
     model: Hub id, local path or causal LM. reward_funcs: one or a list of Python functions
     `f(prompts, completions, **columns) -> list[float]` and/or sequence-classification reward models (id, path
     or model). train_dataset: a `datasets.Dataset` with a `prompt` column (text or chat messages); its other
-    columns are passed to the reward functions. peft_config: train LoRA adapters; the reference model is then
+    columns are passed to the reward functions. eval_dataset: the same, held out, for `evaluate` (every
+    `eval_steps` steps). peft_config: train LoRA adapters; the reference model is then
     the same network with adapters disabled.
     """
 
@@ -66,6 +68,7 @@ class PPOTrainer:
         reward_funcs: RewardFunc | list[RewardFunc],
         args: PPOConfig | None = None,
         train_dataset: Any = None,
+        eval_dataset: Any = None,
         processing_class: PreTrainedTokenizerBase | None = None,
         peft_config: Any = None,
         value_model: torch.nn.Module | None = None,
@@ -73,6 +76,11 @@ class PPOTrainer:
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
     ) -> None:
+        if isinstance(eval_dataset, PreTrainedTokenizerBase):  # the 5th argument is eval_dataset, as in TRL
+            raise TypeError(
+                "eval_dataset: got a tokenizer; PPOTrainer's 5th argument is eval_dataset (as in TRL's trainers), "
+                "pass the tokenizer as processing_class=..."
+            )
         self.args = args = args or PPOConfig()
         # before any work: a fresh run must not land on top of another run's checkpoints and metrics
         ckpt_io.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
@@ -158,7 +166,14 @@ class PPOTrainer:
                 )
 
         # --- data ----------------------------------------------------------------------------------------
-        self._prepare_dataset(train_dataset, policy)
+        self._prepare_dataset(train_dataset, policy, eval_dataset)
+        if args.metric_for_best_model and args.metric_for_best_model not in self.eval_metric_names:
+            raise ValueError(
+                f"metric_for_best_model={args.metric_for_best_model!r} is not an eval metric of this run; expected "
+                f"one of {self.eval_metric_names}"
+            )
+        self.best_metric: float | None = None
+        self.best_checkpoint: str | None = None  # its directory name in output_dir
 
         # --- optimisers, accelerate ---------------------------------------------------------------------
         opt_cls, opt_kwargs = optimizer_cls_and_kwargs or (
@@ -213,22 +228,15 @@ class PPOTrainer:
             return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
-    def _prepare_dataset(self, dataset: Any, policy: PreTrainedModel) -> None:
+    def _prepare_dataset(self, dataset: Any, policy: PreTrainedModel, eval_dataset: Any = None) -> None:
         """Tokenize every prompt once, up front, so bad rows fail before any training."""
         args = self.args
-        if dataset is None or not hasattr(dataset, "column_names"):
-            raise ValueError("train_dataset: expected a datasets.Dataset with a 'prompt' column")
-        if "prompt" not in dataset.column_names:
-            raise ValueError(f"train_dataset: no 'prompt' column (columns are {dataset.column_names})")
-        if clash := sorted({"prompts", "completions"} & set(dataset.column_names)):
-            raise ValueError(
-                f"train_dataset: column(s) {clash} clash with the reward functions' arguments; rename them"
-            )
         world = self.accelerator.num_processes
-        if len(dataset) < args.rollout_batch_size * world:
+        self.prompts, self.columns, self.prompt_ids = self._tokenize_prompts(dataset, "train_dataset")
+        if len(self.prompts) < args.rollout_batch_size * world:
             raise ValueError(
-                f"train_dataset has {len(dataset)} prompts; one step needs rollout_batch_size * num_processes = "
-                f"{args.rollout_batch_size * world}"
+                f"train_dataset has {len(self.prompts)} prompts; one step needs rollout_batch_size * "
+                f"num_processes = {args.rollout_batch_size * world}"
             )
         max_positions = getattr(policy.config, "max_position_embeddings", None) or getattr(
             policy.config, "n_positions", None
@@ -238,31 +246,53 @@ class PPOTrainer:
                 f"max_prompt_length + max_new_tokens = {args.max_prompt_length + args.max_new_tokens} exceeds the "
                 f"model's context window ({max_positions} positions)"
             )
-        self.prompts = list(dataset["prompt"])
-        self.columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
-        self.prompt_ids: list[list[int]] = []
-        for i, prompt in enumerate(self.prompts):
+        self.eval_data = None
+        if eval_dataset is not None:
+            self.eval_data = self._tokenize_prompts(eval_dataset, "eval_dataset")
+            if not self.eval_data[0]:
+                raise ValueError("eval_dataset: the dataset is empty")
+        elif args.eval_steps or args.eval_on_start:
+            raise ValueError(
+                f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_dataset was given "
+                "to PPOTrainer"
+            )
+
+    def _tokenize_prompts(self, dataset: Any, field: str) -> tuple[list, dict[str, list], list[list[int]]]:
+        """(prompts, other columns, token ids) of a dataset with a `prompt` column (text or chat messages)."""
+        if dataset is None or not hasattr(dataset, "column_names"):
+            raise ValueError(f"{field}: expected a datasets.Dataset with a 'prompt' column")
+        if "prompt" not in dataset.column_names:
+            raise ValueError(f"{field}: no 'prompt' column (columns are {dataset.column_names})")
+        if clash := sorted({"prompts", "completions"} & set(dataset.column_names)):
+            raise ValueError(
+                f"{field}: column(s) {clash} clash with the reward functions' arguments; rename them"
+            )
+        prompts = list(dataset["prompt"])
+        columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
+        prompt_ids: list[list[int]] = []
+        for i, prompt in enumerate(prompts):
             if isinstance(prompt, list):  # chat messages
                 if self.tokenizer.chat_template is None:
                     raise ValueError(
-                        f"train_dataset row {i}: chat-message prompt but the tokenizer has no chat template"
+                        f"{field} row {i}: chat-message prompt but the tokenizer has no chat template"
                     )
                 text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             elif isinstance(prompt, str):
                 text = prompt
             else:
                 raise TypeError(
-                    f"train_dataset row {i}: 'prompt' must be a string or chat messages, got {prompt!r}"
+                    f"{field} row {i}: 'prompt' must be a string or chat messages, got {prompt!r}"
                 )
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise ValueError(f"train_dataset row {i}: empty prompt")
-            if len(ids) > args.max_prompt_length:
+                raise ValueError(f"{field} row {i}: empty prompt")
+            if len(ids) > self.args.max_prompt_length:
                 raise ValueError(
-                    f"train_dataset row {i}: prompt has {len(ids)} tokens, more than max_prompt_length="
-                    f"{args.max_prompt_length}"
+                    f"{field} row {i}: prompt has {len(ids)} tokens, more than max_prompt_length="
+                    f"{self.args.max_prompt_length}"
                 )
-            self.prompt_ids.append(ids)
+            prompt_ids.append(ids)
+        return prompts, columns, prompt_ids
 
     def _batch_indices(self, step: int) -> list[int]:
         """Dataset rows for this rank at `step`: a seeded permutation per epoch, so the position in the data is a
@@ -404,6 +434,119 @@ class PPOTrainer:
         if exp.old_values is not None:
             stats["explained_variance"] = F.explained_variance(exp.old_values, exp.returns, mask).item()
         return stats
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def eval_metric_names(self) -> list[str]:
+        """The keys `evaluate` returns (metric_for_best_model must be one of them)."""
+        names = ["eval/reward", "eval/reward_std", "eval/completion_length", "eval/eos_fraction"]
+        for name in self.reward_names:
+            names += [f"eval/reward/{name}", f"eval/reward/{name}_std"]
+        return names
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Completions for every eval_dataset prompt (eval_num_generations each; greedy unless eval_temperature > 0)
+        scored by every reward function, weight-0 ones included (a gold judge can be watched without training on
+        it). Returns the eval/* metrics over all ranks, the same on every rank. The training run's random stream is
+        untouched (sampling draws from a seed of its own per step), so evaluating never changes training."""
+        if self.eval_data is None:
+            raise ValueError("evaluate: no eval_dataset was given to PPOTrainer")
+        args, acc = self.args, self.accelerator
+        prompts, columns, prompt_ids = self.eval_data
+        rows = [i for i in range(len(prompt_ids)) for _ in range(args.eval_num_generations)]
+        # equal shares, the last one padded with repeats that are dropped from the metrics: generation under
+        # FSDP2 / ZeRO-3 and sharded reward models are collectives, so every rank runs the same number of passes
+        per_rank = -(-len(rows) // acc.num_processes)
+        mine = rows[acc.process_index * per_rank : (acc.process_index + 1) * per_rank]
+        n_valid = len(mine)
+        mine += [rows[-1]] * (per_rank - n_valid)
+        t0 = time.perf_counter()
+        self._set_training(False)
+        generator = copy.copy(self.generator)  # the same engine, at the eval temperature
+        generator.temperature = args.eval_temperature
+        eos = self.tokenizer.eos_token_id
+        completions, lengths, eos_flags = [], [], []
+        device_type = acc.device.type if acc.device.type != "cpu" else "cuda"
+        devices = [acc.device.index or 0] if acc.device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=device_type):
+            torch.manual_seed(args.seed + 1_000_003 * (self.step + 1) + acc.process_index)
+            with acc.autocast(), engines.gathered_parameters(acc, self.policy):
+                for start in range(0, per_rank, args.eval_batch_size):
+                    chunk = mine[start : start + args.eval_batch_size]
+                    samples = generator.generate(*self._left_pad([prompt_ids[i] for i in chunk]))
+                    completions += self.tokenizer.batch_decode(samples.response_ids, skip_special_tokens=True)
+                    lengths.append(samples.response_mask.sum(1).float())
+                    eos_flags.append(ends_with_eos(samples.response_ids, samples.response_mask, eos))
+        scores = score(
+            self.reward_funcs,
+            self.reward_weights,
+            [prompts[i] for i in mine],
+            completions,
+            {k: [v[i] for i in mine] for k, v in columns.items()},
+            torch.cat(eos_flags),
+            args.missing_eos_penalty,
+            prompt_indices=mine,
+            timeout=args.reward_timeout,
+        )
+        self.watchdog.check_in("eval generate + score")
+        # one row per completion: total, each function's raw score, length, EOS, real (not padding)
+        local = torch.stack(
+            [
+                scores.total.float(),
+                *scores.raw.float(),
+                torch.cat(lengths),
+                torch.cat(eos_flags).float(),
+                (torch.arange(per_rank) < n_valid).float(),
+            ],
+            dim=1,
+        ).to(acc.device)
+        every = acc.gather(local) if acc.num_processes > 1 else local
+        every = every[every[:, -1] == 1].double().cpu()
+
+        def mean_std(col: torch.Tensor) -> tuple[float, float]:
+            return col.mean().item(), col.std().item() if len(col) > 1 else 0.0
+
+        metrics = {}
+        metrics["eval/reward"], metrics["eval/reward_std"] = mean_std(every[:, 0])
+        for j, name in enumerate(self.reward_names):
+            metrics[f"eval/reward/{name}"], metrics[f"eval/reward/{name}_std"] = mean_std(every[:, 1 + j])
+        metrics["eval/completion_length"] = every[:, -3].mean().item()
+        metrics["eval/eos_fraction"] = every[:, -2].mean().item()
+        metrics = {k: round(v, 6) for k, v in metrics.items()}
+        metrics["time/eval"] = round(time.perf_counter() - t0, 3)
+        if args.log_completions:
+            logged = [
+                {
+                    "step": self.step,
+                    "prompt": prompts[mine[i]],
+                    "completion": completions[i],
+                    **{f"reward/{n}": float(scores.raw[j, i]) for j, n in enumerate(self.reward_names)},
+                    "reward": float(scores.total[i]),
+                    "length": int(torch.cat(lengths)[i]),
+                    "ended_with_eos": bool(scores.ended_with_eos[i]),
+                }
+                for i in range(n_valid)
+            ]
+            logged = gather_object(logged) if acc.num_processes > 1 else logged
+            if acc.is_main_process:
+                with open(Path(args.output_dir) / "eval_completions.jsonl", "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in logged)
+        return metrics
+
+    def _is_new_best(self, row: dict[str, float]) -> bool:
+        """Track metric_for_best_model; True when `row` improves on the best so far."""
+        key = self.args.metric_for_best_model
+        value = row.get(key) if key else None
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best_metric is None or (
+            value > self.best_metric if self.args.greater_is_better else value < self.best_metric
+        ):
+            self.best_metric = value
+            self.best_checkpoint = f"{ckpt_io.PREFIX}{self.step}"
+            return True
+        return False
 
     @property
     def _updates_per_rollout(self) -> int:
@@ -561,6 +704,12 @@ class PPOTrainer:
                 }
                 acc.init_trackers("rlhf", config=config)
         history = []
+        if args.eval_on_start and self.step == 0:  # the starting model's numbers, as step 0
+            row = {"step": 0, **self.evaluate()}
+            if writer is not None:
+                writer.write(row)
+                if args.report_to:
+                    acc.log(row, step=0)
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -588,6 +737,12 @@ class PPOTrainer:
                 row = self._gather_metrics(stats)
             if row.get("kl") is not None:
                 self.kl_ctl.update(row["kl"], args.batch_size * acc.num_processes)
+            # 5. evaluation on held-out prompts every eval_steps and after the last step
+            new_best = False
+            if args.eval_steps and (self.step % args.eval_steps == 0 or self.step == args.max_steps):
+                with self.watchdog.phase("eval"):
+                    row.update(self.evaluate())
+                new_best = self._is_new_best(row)
             history.append(row)
             if writer is not None and self.step % args.logging_steps == 0:
                 writer.write(row)
@@ -596,8 +751,12 @@ class PPOTrainer:
             self._log_completions(bar)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl') or 0:.3f}")
-            # 5. checkpoint
-            if (args.save_steps and self.step % args.save_steps == 0) or self.step == args.max_steps:
+            # 6. checkpoint (a new best at once, so that the best checkpoint always exists)
+            if (
+                new_best
+                or (args.save_steps and self.step % args.save_steps == 0)
+                or self.step == args.max_steps
+            ):
                 with self.watchdog.phase("checkpoint"):
                     self.save_checkpoint()
         bar.close()
@@ -627,6 +786,15 @@ class PPOTrainer:
             with open(Path(args.output_dir) / "completions.jsonl", "a") as f:
                 for r in rows:
                     f.write(json.dumps({"step": self.step, **r}) + "\n")
+            # trackers that take tables (wandb, clearml): the same rows; chat prompts as text
+            columns = ["step", *rows[0]]
+            table = [
+                [self.step, *(v if isinstance(v, int | float | str) else str(v) for v in r.values())]
+                for r in rows
+            ]
+            for tracker in acc.trackers:
+                if hasattr(tracker, "log_table"):
+                    tracker.log_table("completions", columns=columns, data=table, step=self.step)
         if args.print_completions_steps and self.step % args.print_completions_steps == 0:
             r = rows[0]
             bar.write(
@@ -676,6 +844,8 @@ class PPOTrainer:
             "engine": engines.engine_name(self.accelerator),
             "world_size": self.accelerator.num_processes,
             "config": dataclasses.asdict(self.args),
+            "best_metric": self.best_metric,
+            "best_checkpoint": self.best_checkpoint,
         }
         return ckpt_io.save_checkpoint(
             self.accelerator,
@@ -685,6 +855,7 @@ class PPOTrainer:
             schedulers,
             state,
             self.args.save_total_limit,
+            keep=self.best_checkpoint,
         )
 
     def _resume(self, path: Path) -> None:
@@ -693,10 +864,11 @@ class PPOTrainer:
         self.step = state["step"]
         self.run_id = state.get("run_id", self.run_id)  # the resumed run keeps its id
         self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.best_metric, self.best_checkpoint = state.get("best_metric"), state.get("best_checkpoint")
         if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
-            truncate_metrics(Path(self.args.output_dir) / "metrics.jsonl", self.step)
-            if (Path(self.args.output_dir) / "completions.jsonl").is_file():
-                truncate_metrics(Path(self.args.output_dir) / "completions.jsonl", self.step)
+            for name in ckpt_io.RUN_LOGS:
+                if (Path(self.args.output_dir) / name).is_file():
+                    truncate_metrics(Path(self.args.output_dir) / name, self.step)
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer, with a full state dict

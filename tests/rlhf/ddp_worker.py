@@ -3,6 +3,7 @@
 1. The split case (tests/rlhf/split_case.py): each rank updates on its half of the same global batch; the
    weight changes are written for the test to compare with one process on the whole batch.
 2. 2-step training runs of the estimators named on the command line (adaptive KL, a checkpoint per step).
+3. `evaluate` of the last run, its prompts split unevenly over the ranks, against greedy decoding on one rank.
 """
 
 import json
@@ -44,6 +45,8 @@ def count_good(prompts, completions, **columns):
     return [float(c.count("good")) + len(c) / 100 for c in completions]
 
 
+EVAL_PROMPTS = ["the cat", "a dog ran", "good", "the park", "a mat"]  # 5: rank 1's share is padded
+
 for estimator in sys.argv[2:]:
     seen.clear()
     args = PPOConfig(
@@ -72,7 +75,8 @@ for estimator in sys.argv[2:]:
         [build_reward_model(tokenizer), count_good],
         args,
         datasets.Dataset.from_dict({"prompt": prompts}),
-        tokenizer,
+        datasets.Dataset.from_dict({"prompt": EVAL_PROMPTS}),
+        processing_class=tokenizer,
     )
     history = trainer.train()
     weights = trainer.accelerator.unwrap_model(trainer.policy).transformer.wte.weight.detach()
@@ -89,6 +93,24 @@ for estimator in sys.argv[2:]:
             }
         )
     )
+# 3. evaluation split over the ranks (3 + 2 prompts, padded) equals greedy decoding of every prompt on one process
+metrics = trainer.evaluate()
+policy = trainer.accelerator.unwrap_model(trainer.policy)
+reference = []
+for prompt in EVAL_PROMPTS:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    new = policy.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=trainer.args.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )[0, ids.shape[1] :]
+    reference.append(tokenizer.decode(new, skip_special_tokens=True))
+(out / f"eval-rank{trainer.accelerator.process_index}.json").write_text(
+    json.dumps({"metrics": metrics, "count_good": sum(count_good(EVAL_PROMPTS, reference)) / 5})
+)
 accelerator = trainer.accelerator
 del trainer
 end_distributed(accelerator)  # as the recipes end: models released before the process group

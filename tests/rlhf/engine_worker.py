@@ -2,7 +2,8 @@
 (CPU, gloo): 2 steps of each estimator named on the command line on a tiny GPT-2, then save_model; rank 0 writes
 the final policy (and critic) weights and the metrics for the test to compare across engines. With `resume` after
 the estimators, for the first estimator: a 3-step run straight, and a 3-step run that crashes in step 3 and is
-resumed from its step-2 checkpoint by a new trainer; both saved for the test to compare."""
+resumed from its step-2 checkpoint by a new trainer; both saved for the test to compare. The estimator runs
+evaluate after step 2 (eval/* in the last history row)."""
 
 import contextlib
 import json
@@ -62,7 +63,9 @@ def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **ov
         [build_reward_model(tokenizer, seed=1), count_good],
         args,
         datasets.Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(16)]}),
-        tokenizer,
+        # 5 prompts: rank 1's share is padded; sharded generation and reward models must stay in step
+        datasets.Dataset.from_dict({"prompt": ["the cat", "a dog ran", "good", "the park", "a mat"]}),
+        processing_class=tokenizer,
     )
     history = trainer.train()
     trainer.save_model(directory / f"final{tag}")
@@ -77,7 +80,7 @@ def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **ov
 
 estimators = [a for a in sys.argv[2:] if a != "resume"]
 for estimator in estimators:
-    accelerator = run(estimator, out / estimator).accelerator
+    accelerator = run(estimator, out / estimator, eval_steps=2).accelerator
 if "resume" in sys.argv[2:]:
     run(estimators[0], out / "straight", max_steps=3)
     calls["crash_at"] = 3

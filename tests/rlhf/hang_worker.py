@@ -34,5 +34,5 @@ args = PPOConfig(
     plot_metrics=False,
 )
 dataset = datasets.Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
-trainer = PPOTrainer(build_causal_lm(tokenizer), stalls_on_rank_1, args, dataset, tokenizer)
+trainer = PPOTrainer(build_causal_lm(tokenizer), stalls_on_rank_1, args, dataset, processing_class=tokenizer)
 trainer.train()

@@ -60,7 +60,7 @@ def trainer(out, estimator: str, loss_type: str, micro: int, world: int = 1) -> 
         lambda prompts, completions, **kw: [0.0] * len(completions),
         config(out, estimator, loss_type, micro, world),
         datasets.Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(16)]}),
-        tok,
+        processing_class=tok,
         optimizer_cls_and_kwargs=(torch.optim.SGD, {}),
     )
 

@@ -134,7 +134,7 @@ def test_full_disk_while_saving_the_model_removes_the_half_written_files(
     )
     data = datasets.Dataset.from_dict({"prompt": ["the movie", "a dog"] * 2})
     trainer = PPOTrainer(
-        policy, lambda prompts, completions, **k: [0.0] * len(prompts), args, data, tokenizer
+        policy, lambda prompts, completions, **k: [0.0] * len(prompts), args, data, processing_class=tokenizer
     )
     out = tmp_path / "model"
     out.mkdir()

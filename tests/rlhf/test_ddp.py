@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -38,6 +39,9 @@ def test_two_processes_do_equal_work_and_stay_in_sync(tmp_path):
     for estimator in ("gae", "grpo"):
         check_run(tmp_path / estimator)
     check_split_case(tmp_path)
+    ranks = [json.loads((tmp_path / f"eval-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every rank returns the all-rank metrics
+    assert ranks[0]["metrics"]["eval/reward/count_good"] == pytest.approx(ranks[0]["count_good"], abs=1e-6)
 
 
 def check_split_case(out):

@@ -68,6 +68,10 @@ def test_engine_trains_the_same_weights_as_ddp(tmp_path, ddp_run, engine):
         for a, b in zip(result["history"], reference["history"]):
             assert a["reward"] == pytest.approx(b["reward"], abs=1e-5)
             assert a["policy_loss"] == pytest.approx(b["policy_loss"], rel=1e-3, abs=1e-6)
+        # evaluation with the policy gathered and the reward model sharded: the same greedy completions
+        last, last_ddp = result["history"][-1], reference["history"][-1]
+        for key in ("eval/reward", "eval/reward/count_good", "eval/completion_length"):
+            assert last[key] == pytest.approx(last_ddp[key], abs=1e-5), key
     check_resume(tmp_path)
 
 

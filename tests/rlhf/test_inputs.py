@@ -49,7 +49,7 @@ def test_chat_prompts_use_the_chat_template(tmp_path, tokenizer, policy, reward_
         [record, reward_model],
         config(tmp_path),
         datasets.Dataset.from_dict({"prompt": messages}),
-        tokenizer,
+        processing_class=tokenizer,
         reward_processing_classes=tokenizer,
     )
     expected = tokenizer("<user>say good<assistant>", add_special_tokens=False)["input_ids"]
@@ -68,7 +68,7 @@ def test_chat_prompts_without_a_template_are_an_error(tmp_path, tokenizer, polic
             lambda prompts, completions, **k: [0.0] * len(prompts),
             config(tmp_path),
             datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]] * 4}),
-            tokenizer,
+            processing_class=tokenizer,
         )
 
 
@@ -94,7 +94,7 @@ def test_bf16_and_gradient_checkpointing_train(tmp_path, tokenizer, policy, opti
         lambda prompts, completions, **k: [len(c) / 10 for c in completions],
         config(tmp_path, **{option: True}),
         datasets.Dataset.from_dict({"prompt": ["a"] * 4}),
-        ensure_pad(tokenizer),
+        processing_class=ensure_pad(tokenizer),
     )
     row = trainer.train()[-1]
     assert all(v is None or v == v for v in row.values())  # no NaN
@@ -122,6 +122,10 @@ def test_a_column_named_like_a_reward_argument_is_refused_up_front(tmp_path, tok
     message = rf"^train_dataset: column\(s\) \['{column}'\] clash with the reward functions' arguments; rename them$"
     with pytest.raises(ValueError, match=message):
         PPOTrainer(
-            policy, lambda prompts, completions, **k: [0.0] * len(prompts), config(tmp_path), data, tokenizer
+            policy,
+            lambda prompts, completions, **k: [0.0] * len(prompts),
+            config(tmp_path),
+            data,
+            processing_class=tokenizer,
         )
     assert not (tmp_path / "run").exists()

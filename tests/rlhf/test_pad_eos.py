@@ -68,7 +68,7 @@ def test_full_fine_tuning_keeps_the_vocabulary_and_the_saved_model_loads(tmp_pat
     rows = model.get_input_embeddings().weight.shape[0]
     n_tokens = len(tok)
     ds = datasets.Dataset.from_dict({"prompt": ["the movie", "a dog", "the cat", "it was"] * 4})
-    trainer = PPOTrainer(model, reward, config(tmp_path), ds, tok)
+    trainer = PPOTrainer(model, reward, config(tmp_path), ds, processing_class=tok)
     trainer.train()
     trainer.save_model(tmp_path / "final")
     assert len(tok) == n_tokens and tok.pad_token_id == tok.eos_token_id  # no <|pad|> added
@@ -84,7 +84,9 @@ def test_a_lora_adapter_loads_onto_the_untouched_base_model_and_reproduces_the_p
     build_causal_lm(tok, seed=0).save_pretrained(tmp_path / "base")
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
     ds = datasets.Dataset.from_dict({"prompt": ["the movie", "a dog", "the cat", "it was"] * 4})
-    trainer = PPOTrainer(str(tmp_path / "base"), reward, config(tmp_path), ds, tok, peft_config=lora)
+    trainer = PPOTrainer(
+        str(tmp_path / "base"), reward, config(tmp_path), ds, processing_class=tok, peft_config=lora
+    )
     trainer.train()
     trainer.save_model(tmp_path / "adapter")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")  # the original vocabulary, never resized

@@ -42,7 +42,7 @@ def test_chat_prompts_render_with_its_template_and_completions_stop_at_im_end(sm
         lambda prompts, completions, **kw: [0.0] * len(completions),
         args,
         datasets.Dataset.from_dict({"prompt": CHAT}),
-        tok,
+        processing_class=tok,
     )
     text = tok.decode(trainer.prompt_ids[0])
     assert text.startswith("<|im_start|>system\n") and text.endswith(

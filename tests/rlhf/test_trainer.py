@@ -66,7 +66,7 @@ def test_reward_rises_to_the_known_optimum_with_bounded_kl(tmp_path, tokenizer, 
         advantage_estimator=estimator,
         lr_scheduler="constant",
     )
-    trainer = PPOTrainer(sft_policy, count_good, args, dataset(), tokenizer)
+    trainer = PPOTrainer(sft_policy, count_good, args, dataset(), processing_class=tokenizer)
     history = trainer.train()
     first = sum(r["reward"] for r in history[:3]) / 3
     last = sum(r["reward"] for r in history[-3:]) / 3
@@ -120,7 +120,7 @@ def test_resume_is_bitwise_identical(tmp_path, tokenizer, policy, reward_model):
         )
         model = policy.__class__(policy.config)
         model.load_state_dict(policy.state_dict())
-        trainer = PPOTrainer(model, [reward_model, reward], args, dataset(), tokenizer)
+        trainer = PPOTrainer(model, [reward_model, reward], args, dataset(), processing_class=tokenizer)
         return trainer, trainer.train()
 
     straight, _ = run(tmp_path / "a", count_good)
@@ -162,7 +162,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tokeniz
         num_generations=2,
         rollout_batch_size=2,
     )
-    trainer = PPOTrainer(policy, poisoned, args, dataset(), tokenizer)
+    trainer = PPOTrainer(policy, poisoned, args, dataset(), processing_class=tokenizer)
     original = trainer._loss_and_backward
 
     def nan_after_two_steps(micro, *args):
@@ -193,7 +193,9 @@ def test_lora_reference_is_the_base_model_and_only_adapters_train(tmp_path, toke
         learning_rate=1e-2,
     )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.1, task_type="CAUSAL_LM")
-    trainer = PPOTrainer(policy, completion_chars, args, dataset(), tokenizer, peft_config=lora)
+    trainer = PPOTrainer(
+        policy, completion_chars, args, dataset(), processing_class=tokenizer, peft_config=lora
+    )
     assert trainer.ref_model is None  # no second copy in memory
     # the update runs in training mode: LoRA's dropout must be off like every other (N+ detail)
     dropouts = [m for m in trainer.policy.modules() if isinstance(m, torch.nn.Dropout)]
@@ -214,7 +216,9 @@ def test_lora_reference_is_the_base_model_and_only_adapters_train(tmp_path, toke
 def test_saved_model_loads_in_a_text_generation_pipeline(tmp_path, tokenizer, policy):
     from transformers import pipeline
 
-    trainer = PPOTrainer(policy, count_good, small_config(tmp_path, max_steps=1), dataset(), tokenizer)
+    trainer = PPOTrainer(
+        policy, count_good, small_config(tmp_path, max_steps=1), dataset(), processing_class=tokenizer
+    )
     trainer.train()
     trainer.save_model(tmp_path / "final")
     pipe = pipeline("text-generation", model=str(tmp_path / "final"), device="cpu")
@@ -240,7 +244,7 @@ def test_fused_activations_compute_the_same_function_in_every_model(
         assert torch.allclose(a.grad, b.grad, atol=1e-4)
 
     args = small_config(tmp_path, advantage_estimator="gae", critic_init="reward_model", max_steps=1)
-    trainer = PPOTrainer(policy, reward_model, args, dataset(), tokenizer)
+    trainer = PPOTrainer(policy, reward_model, args, dataset(), processing_class=tokenizer)
     models = [trainer.policy, trainer.ref_model, trainer.critic, trainer.reward_funcs[0].model]
     for model in models:
         kinds = {type(m) for m in model.modules()}
@@ -259,7 +263,7 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_no_gradient(tmp_pa
             critic_init="reward_model",
             gradient_checkpointing=checkpointing,
         )
-        trainer = PPOTrainer(policy, reward_model, args, dataset(), tokenizer)
+        trainer = PPOTrainer(policy, reward_model, args, dataset(), processing_class=tokenizer)
         rollout, _ = trainer.rollout(trainer._batch_indices(0))
         # generation keeps its KV cache with checkpointing on: the same completions either way
         results.setdefault("response_ids", []).append(rollout.response_ids)
@@ -284,7 +288,7 @@ def test_report_to_tensorboard_logs_what_metrics_jsonl_holds(tmp_path, tokenizer
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     args = small_config(tmp_path, report_to=["tensorboard"], max_steps=2)
-    trainer = PPOTrainer(policy, count_good, args, dataset(), tokenizer)
+    trainer = PPOTrainer(policy, count_good, args, dataset(), processing_class=tokenizer)
     history = trainer.train()
     trainer.save_model()  # the process group and trackers are still usable after train()
     events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
@@ -304,7 +308,7 @@ def test_an_engine_that_is_asked_for_but_not_set_up_is_an_error(tmp_path, tokeni
 
     monkeypatch.setattr(engines, "requested_engine", lambda: "fsdp")
     with pytest.raises(RuntimeError, match="asks for fsdp but accelerate set up NO.*refusing"):
-        PPOTrainer(policy, count_good, small_config(tmp_path), dataset(), tokenizer)
+        PPOTrainer(policy, count_good, small_config(tmp_path), dataset(), processing_class=tokenizer)
 
 
 # --- bad input -------------------------------------------------------------------------------------------
@@ -335,21 +339,43 @@ def test_config_errors_name_the_field(tmp_path):
 def test_dataset_errors(tmp_path, tokenizer, policy):
     args = small_config(tmp_path)
     with pytest.raises(ValueError, match="no 'prompt' column"):
-        PPOTrainer(policy, count_good, args, datasets.Dataset.from_dict({"text": ["a"] * 8}), tokenizer)
+        PPOTrainer(
+            policy,
+            count_good,
+            args,
+            datasets.Dataset.from_dict({"text": ["a"] * 8}),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="has 0 prompts"):
-        PPOTrainer(policy, count_good, args, datasets.Dataset.from_dict({"prompt": []}), tokenizer)
+        PPOTrainer(
+            policy, count_good, args, datasets.Dataset.from_dict({"prompt": []}), processing_class=tokenizer
+        )
     long_prompt = dataset(n=8).add_item({"prompt": "the cat " * 100})
     with pytest.raises(ValueError, match=r"row 8: prompt has \d+ tokens, more than max_prompt_length=128"):
-        PPOTrainer(policy, count_good, args, long_prompt, tokenizer)
+        PPOTrainer(policy, count_good, args, long_prompt, processing_class=tokenizer)
     with pytest.raises(ValueError, match="exceeds the model's context window"):
-        PPOTrainer(policy, count_good, small_config(tmp_path, max_new_tokens=250), dataset(), tokenizer)
+        PPOTrainer(
+            policy,
+            count_good,
+            small_config(tmp_path, max_new_tokens=250),
+            dataset(),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="reward_weights has 2 entries for 1"):
         PPOTrainer(
-            policy, count_good, small_config(tmp_path, reward_weights=[1.0, 2.0]), dataset(), tokenizer
+            policy,
+            count_good,
+            small_config(tmp_path, reward_weights=[1.0, 2.0]),
+            dataset(),
+            processing_class=tokenizer,
         )
     with pytest.raises(ValueError, match="critic_init='reward_model' needs a reward model"):
         PPOTrainer(
-            policy, count_good, small_config(tmp_path, critic_init="reward_model"), dataset(), tokenizer
+            policy,
+            count_good,
+            small_config(tmp_path, critic_init="reward_model"),
+            dataset(),
+            processing_class=tokenizer,
         )
 
 
@@ -370,7 +396,7 @@ def test_bad_reward_function_outputs_name_the_function_and_row(
     tmp_path, tokenizer, policy, bad, error, message
 ):
     bad.__name__ = "my_reward"
-    trainer = PPOTrainer(policy, bad, small_config(tmp_path), dataset(), tokenizer)
+    trainer = PPOTrainer(policy, bad, small_config(tmp_path), dataset(), processing_class=tokenizer)
     with pytest.raises(error, match=f"'my_reward'.*{message}"):
         trainer.train()
     assert not (tmp_path / "run" / "checkpoint-1").exists()
@@ -384,7 +410,9 @@ def test_reward_functions_receive_dataset_columns(tmp_path, tokenizer, policy):
         return [0.0] * len(completions)
 
     ds = dataset(answer=[p.upper() for p in PROMPTS])
-    PPOTrainer(policy, uses_answer, small_config(tmp_path, max_steps=1), ds, tokenizer).train()
+    PPOTrainer(
+        policy, uses_answer, small_config(tmp_path, max_steps=1), ds, processing_class=tokenizer
+    ).train()
     assert seen and all(v == k.upper() for k, v in seen.items())
 
 
@@ -409,7 +437,7 @@ def test_kl_statistic_is_logged_and_moves_beta_with_kl_in_loss(tmp_path, tokeniz
         max_steps=3,
         **extra,
     )
-    trainer = PPOTrainer(policy, completion_chars, args, dataset(), tokenizer)
+    trainer = PPOTrainer(policy, completion_chars, args, dataset(), processing_class=tokenizer)
     history = trainer.train()
     kls = [row["kl"] for row in history]
     assert kls[0] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is still the reference
@@ -428,7 +456,7 @@ def test_resume_survives_a_torn_last_metrics_line(tmp_path, tokenizer, policy):
 
     def run(max_steps, resume=None):
         args = small_config(tmp_path, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume)
-        return PPOTrainer(policy, count_good, args, dataset(), tokenizer).train()
+        return PPOTrainer(policy, count_good, args, dataset(), processing_class=tokenizer).train()
 
     run(3)  # rows 1-3, checkpoint-2 and checkpoint-3
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -448,7 +476,9 @@ def test_a_fresh_run_into_an_old_runs_directory_is_refused_or_replaces_it(tmp_pa
 
     def trainer(**kw):
         args = small_config(tmp_path, save_steps=2, **kw)
-        return PPOTrainer(build_causal_lm(tokenizer, seed=0), count_good, args, dataset(), tokenizer)
+        return PPOTrainer(
+            build_causal_lm(tokenizer, seed=0), count_good, args, dataset(), processing_class=tokenizer
+        )
 
     trainer(max_steps=4).train()
     run = tmp_path / "run"
@@ -472,7 +502,7 @@ def test_every_run_leaves_plots_and_rlhf_plot_redraws_them(tmp_path, tokenizer, 
     from rlhf.cli import main as rlhf_cli
 
     args = small_config(tmp_path, max_steps=3, plot_metrics=True, advantage_estimator="gae")
-    PPOTrainer(policy, [count_good, completion_chars], args, dataset(), tokenizer).train()
+    PPOTrainer(policy, [count_good, completion_chars], args, dataset(), processing_class=tokenizer).train()
     run = tmp_path / "run"
     expected = ["completion_length.png", "entropy.png", "kl.png", "kl_coef.png", "losses.png", "reward.png"]
     assert sorted(p.name for p in run.glob("*.png")) == expected
@@ -497,7 +527,9 @@ def test_completions_jsonl_has_one_row_per_completion_with_the_documented_fields
         rollout_batch_size=2,
         kl_coef=0.0,
     )
-    history = PPOTrainer(policy, [count_good, completion_chars], args, dataset(), tokenizer).train()
+    history = PPOTrainer(
+        policy, [count_good, completion_chars], args, dataset(), processing_class=tokenizer
+    ).train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] * 4 + [2] * 4  # 2 prompts x 2 completions per step
     fields = {
