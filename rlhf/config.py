@@ -226,6 +226,20 @@ class PPOConfig:
             "deleted when training starts); without it such a directory is refused unless resuming"
         },
     )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "upload the saved model, its card and plots to the Hugging Face Hub when save_model runs (needs "
+            "a token: `huggingface-cli login` or HF_TOKEN)"
+        },
+    )
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={"help": "repository for push_to_hub (user/name); None = the output_dir's name"},
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "create the Hub repository private (None = the Hub's default)"}
+    )
     bf16: bool = field(
         default=False, metadata={"help": "bf16 autocast (off by default; CPUs without bf16 are slow)"}
     )

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,10 +28,11 @@ from accelerate.utils import gather_object
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic import functional as F
-from classic.runlog import MetricsWriter, explain_full_disk, truncate_metrics
+from classic.runlog import MetricsWriter, explain_full_disk, read_metrics, truncate_metrics
 from rlhf import checkpoint as ckpt_io
 from rlhf import engines
 from rlhf.advantages import get_estimator
+from rlhf.card import PLOTS, check_hub_access, model_card, push_folder
 from rlhf.config import PPOConfig
 from rlhf.experience import Experience, annotate, make_experience
 from rlhf.gguf import is_gguf, load_gguf_tokenizer
@@ -84,6 +86,8 @@ class PPOTrainer:
         self.args = args = args or PPOConfig()
         # before any work: a fresh run must not land on top of another run's checkpoints and metrics
         ckpt_io.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        if args.push_to_hub:
+            self.hub_model_id = check_hub_access(args.hub_model_id, args.output_dir)
         # checkpoints carry the id of the run that wrote them (rotation only touches this run's)
         self.run_id = uuid.uuid4().hex[:12]
         # the engine `accelerate launch` asked for (DDP, FSDP2, ZeRO-2/3), also on CPU, or an error
@@ -167,6 +171,9 @@ class PPOTrainer:
 
         # --- data ----------------------------------------------------------------------------------------
         self._prepare_dataset(train_dataset, policy, eval_dataset)
+        # what the model card names: the base model and the data
+        self.base_model = model if isinstance(model, str) else (policy.config._name_or_path or None)
+        self.dataset_name = getattr(getattr(train_dataset, "info", None), "dataset_name", None)
         if args.metric_for_best_model and args.metric_for_best_model not in self.eval_metric_names:
             raise ValueError(
                 f"metric_for_best_model={args.metric_for_best_model!r} is not an eval metric of this run; expected "
@@ -873,7 +880,8 @@ class PPOTrainer:
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer, with a full state dict
         under every engine (gathered from the shards under FSDP2 / ZeRO-3), loadable with from_pretrained; the
-        critic (gae) goes to `critic/` next to it (`rlhf.models.Critic.load`)."""
+        critic (gae) goes to `critic/` next to it (`rlhf.models.Critic.load`). A model card (README.md) and the
+        run's plots go with it; with push_to_hub the folder is then uploaded to `hub_model_id`."""
         output_dir = Path(output_dir or self.args.output_dir)
         acc = self.accelerator
         acc.wait_for_everyone()
@@ -894,7 +902,41 @@ class PPOTrainer:
                 self.tokenizer.save_pretrained(output_dir)
                 if critic_state is not None:
                     acc.unwrap_model(self.critic).save(output_dir / "critic", critic_state)
+                self._write_card(output_dir)
         acc.wait_for_everyone()
+        if self.args.push_to_hub and acc.is_main_process:
+            push_folder(output_dir, self.hub_model_id, self.args.hub_private_repo, f"{self.step} steps")
+
+    def _write_card(self, output_dir: Path) -> Path:
+        """README.md in `output_dir` from the run's metrics.jsonl, with the plots copied next to it."""
+        run_dir = Path(self.args.output_dir)
+        rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+        plots = []
+        for name in PLOTS:
+            if (run_dir / name).is_file():
+                if (output_dir / name).resolve() != (run_dir / name).resolve():
+                    shutil.copy2(run_dir / name, output_dir / name)
+                plots.append(name)
+        best = (self.best_checkpoint, self.best_metric) if self.best_checkpoint else None
+        text = model_card(
+            self.args,
+            self.base_model,
+            self.reward_names,
+            self.reward_weights.tolist(),
+            rows,
+            self.dataset_name,
+            len(self.prompts),
+            len(self.eval_data[0]) if self.eval_data else None,
+            best,
+            plots,
+            self.use_peft,
+            self.accelerator.num_processes,
+            engines.engine_name(self.accelerator),
+            model_name=output_dir.resolve().name,
+            load_from=self.hub_model_id if self.args.push_to_hub else str(output_dir),
+        )
+        (output_dir / "README.md").write_text(text)
+        return output_dir / "README.md"
 
     def generate_samples(self) -> tuple[list, list[str]]:
         """The first prompts and completions of the last rollout (for a quick look)."""

@@ -527,11 +527,19 @@ def test_completions_jsonl_has_one_row_per_completion_with_the_documented_fields
         rollout_batch_size=2,
         kl_coef=0.0,
     )
-    history = PPOTrainer(
-        policy, [count_good, completion_chars], args, dataset(), processing_class=tokenizer
-    ).train()
+    trainer = PPOTrainer(policy, [count_good, completion_chars], args, dataset(), processing_class=tokenizer)
+
+    class TableTracker:  # a tracker that takes tables (as accelerate's wandb and clearml trackers do)
+        tables = []
+
+        def log_table(self, name, columns, data, step):
+            self.tables.append((name, step, [dict(zip(columns, row)) for row in data]))
+
+    trainer.accelerator.trackers.append(TableTracker())
+    history = trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] * 4 + [2] * 4  # 2 prompts x 2 completions per step
+    assert TableTracker.tables == [("completions", 1, rows[:4]), ("completions", 2, rows[4:])]
     fields = {
         "step",
         "prompt",

@@ -1,0 +1,113 @@
+"""The model card save_model writes, and push_to_hub (wired to huggingface_hub; the upload itself is faked)."""
+
+from types import SimpleNamespace
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
+
+from classic.runlog import read_metrics
+from rlhf import PPOTrainer
+from rlhf.card import _fmt
+from tests.rlhf.test_eval import eval_dataset
+from tests.rlhf.test_trainer import completion_chars, count_good, dataset, small_config
+
+
+@pytest.fixture
+def base_dir(tmp_path, tokenizer, policy):
+    path = tmp_path / "base"
+    policy.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_model_card_names_the_numbers_of_its_run(tmp_path, tokenizer, base_dir):
+    args = small_config(
+        tmp_path,
+        max_steps=3,
+        advantage_estimator="grpo",
+        num_generations=2,
+        rollout_batch_size=2,
+        eval_steps=3,
+        eval_on_start=True,
+        metric_for_best_model="eval/reward/count_good",
+        reward_weights=[1.0, 0.0],
+        plot_metrics=True,
+    )
+    trainer = PPOTrainer(
+        str(base_dir),
+        [completion_chars, count_good],
+        args,
+        dataset(),
+        eval_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    out = tmp_path / "model"
+    trainer.save_model(out)
+    card = ModelCard.load(out / "README.md")  # the Hub's parser
+    assert card.data.base_model == str(base_dir)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {"rlhf", "grpo"} <= set(card.data.tags)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    first, last = rows[1], rows[-1]  # rows[0] is the step-0 evaluation
+    assert f"| reward | {_fmt(first['reward'])} | {_fmt(last['reward'])} |" in card.text
+    assert f"| kl | {_fmt(first['kl'])} | {_fmt(last['kl'])} |" in card.text
+    start, end = rows[0]["eval/reward/count_good"], last["eval/reward/count_good"]
+    assert f"| eval/reward/count_good | {_fmt(start)} | {_fmt(end)} |" in card.text
+    assert "Evaluation (greedy, 1 completion(s) per prompt), step 0 and step 3" in card.text
+    assert f"`checkpoint-3` ({_fmt(end)})" in card.text
+    assert "`completion_chars` (weight 1), `count_good` (weight 0)" in card.text
+    assert "32 rows; held-out evaluation on 5 prompts" in card.text
+    assert "| advantage_estimator | grpo |" in card.text and "num_generations: 2" in card.text
+    for name in ("reward.png", "eval.png", "kl.png"):  # copied next to the card, which shows them
+        assert (out / name).stat().st_size > 1000 and f"![{name[:-4]}]({name})" in card.text
+    AutoModelForCausalLM.from_pretrained(out)  # the card sits beside a loadable model
+
+
+def test_push_to_hub_needs_a_token_before_any_work(tmp_path, tokenizer, policy, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored login
+    with pytest.raises(ValueError, match="push_to_hub=True but no Hugging Face token"):
+        PPOTrainer(
+            policy,
+            count_good,
+            small_config(tmp_path, push_to_hub=True),
+            dataset(),
+            processing_class=tokenizer,
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, tokenizer, policy, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or SimpleNamespace(repo_id=repo_id),
+    )
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "upload_folder",
+        lambda self, **kw: calls.append(("upload", kw)) or SimpleNamespace(commit_url="https://hub/commit/1"),
+    )
+    args = small_config(tmp_path, max_steps=1, push_to_hub=True, hub_private_repo=True)
+    trainer = PPOTrainer(policy, count_good, args, dataset(), processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    (create, repo_id, kw), (upload, up) = calls
+    assert (create, repo_id, kw["private"]) == ("create", "run", True)  # default id: the output_dir's name
+    assert up["repo_id"] == "run" and up["folder_path"] == str(tmp_path / "run")
+    assert "checkpoint-*" in up["ignore_patterns"]  # the model, not the training checkpoints
+    assert (tmp_path / "run" / "README.md").is_file()
+
+    def offline(self, **kw):
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", offline)
+    with pytest.raises(RuntimeError, match=r"uploading .* to 'run' failed \(ConnectionError.*intact"):
+        trainer.save_model()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
