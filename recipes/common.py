@@ -43,6 +43,7 @@ def load_dataset_checked(
     split: str = "train",
     field: str = "dataset_name",
     max_samples: int | None = None,
+    split_field: str = "dataset_split",
 ) -> Dataset:
     """One split of a Hub dataset or a local copy (see the module docstring). Every failure (missing path, Hub id
     that cannot be reached, unknown split) raises before any model is loaded, naming `field`."""
@@ -64,7 +65,7 @@ def load_dataset_checked(
         if isinstance(loaded, DatasetDict):
             if split not in loaded:
                 raise ValueError(
-                    f"{field}={name!r}: no split {split!r} (dataset_split); splits are {sorted(loaded)}"
+                    f"{field}={name!r}: no split {split!r} ({split_field}); splits are {sorted(loaded)}"
                 )
             loaded = loaded[split]
         dataset = loaded

@@ -50,6 +50,13 @@ class PPORecipeConfig(PPOConfig):
     dataset_config: str | None = field(default=None, metadata={"help": "dataset configuration, e.g. main"})
     dataset_split: str = field(default="train", metadata={"help": "split to take prompts from"})
     max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows (None = all)"})
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "split of the same dataset held out for evaluation (with eval_steps), e.g. test"},
+    )
+    eval_max_samples: int | None = field(
+        default=None, metadata={"help": "use only the first N rows of eval_split (None = all)"}
+    )
     task: Literal["imdb", "gsm8k", "tldr"] = field(
         metadata={
             "help": "how rows become prompts: imdb (first words of `text`), gsm8k (chat turn from `question`; "
@@ -91,8 +98,11 @@ class PPORecipeConfig(PPOConfig):
             raise ValueError(f"reward_functions: unknown {unknown}; known are {sorted(REWARD_FUNCTIONS)}")
         if self.reward_label is not None and self.reward_model_name_or_path is None:
             raise ValueError("reward_label needs reward_model_name_or_path")
-        if self.max_samples is not None and self.max_samples <= 0:
-            raise ValueError(f"max_samples must be positive, got {self.max_samples}")
+        for name in ("max_samples", "eval_max_samples"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if (self.eval_steps or self.eval_on_start) and self.eval_split is None:
+            raise ValueError("eval_steps / eval_on_start need eval_split (the split to evaluate on)")
         if self.prompt_words <= 0:
             raise ValueError(f"prompt_words must be positive, got {self.prompt_words}")
 
@@ -108,11 +118,28 @@ def main(cfg: PPORecipeConfig) -> None:
         cfg.dataset_name, cfg.dataset_config, cfg.dataset_split, "dataset_name", cfg.max_samples
     )
     dataset = build_prompts(cfg.task, dataset, cfg.prompt_words)
+    eval_dataset = None
+    if cfg.eval_split is not None:
+        eval_dataset = load_dataset_checked(
+            cfg.dataset_name,
+            cfg.dataset_config,
+            cfg.eval_split,
+            "dataset_name",
+            cfg.eval_max_samples,
+            split_field="eval_split",
+        )
+        eval_dataset = build_prompts(cfg.task, eval_dataset, cfg.prompt_words)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, cfg.max_prompt_length)
     if dropped and is_main:
         print(f"dropped {dropped} prompts longer than max_prompt_length={cfg.max_prompt_length} tokens")
+    if eval_dataset is not None:
+        eval_dataset, dropped = drop_long_prompts(eval_dataset, tokenizer, cfg.max_prompt_length)
+        if dropped and is_main:
+            print(
+                f"dropped {dropped} eval prompts longer than max_prompt_length={cfg.max_prompt_length} tokens"
+            )
 
     rewards: list = [REWARD_FUNCTIONS[name] for name in cfg.reward_functions]
     if cfg.reward_model_name_or_path is not None and cfg.reward_label is not None:
@@ -144,6 +171,7 @@ def main(cfg: PPORecipeConfig) -> None:
         rewards,
         args=cfg,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
     )

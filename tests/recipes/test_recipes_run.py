@@ -61,10 +61,17 @@ def gsm8k_run(assets, tmp_path, config: str, *extra: str, **launch_kwargs):
 def test_gpt2_imdb_ppo(assets, tmp_path):
     """PPO with a critic from the policy; reward = POSITIVE logit of a 2-label classifier; save_to_disk data."""
     result, out = imdb_run(
-        assets, tmp_path, "recipes/gpt2_imdb_ppo.yaml", "--rollout_batch_size", "4", "--mini_batch_size", "2"
+        assets,
+        tmp_path,
+        "recipes/gpt2_imdb_ppo.yaml",
+        *["--rollout_batch_size", "4", "--mini_batch_size", "2"],
+        *["--eval_split", "test", "--eval_max_samples", "3", "--eval_steps", "2"],
     )
     rows = check_ppo_run(result, out)
     assert "reward/tiny_sentiment:POSITIVE" in rows[0] and "value_loss" in rows[0]
+    assert "eval/reward/tiny_sentiment:POSITIVE" in rows[1] and "eval/reward" not in rows[0]
+    card = (out / "README.md").read_text()
+    assert "held-out evaluation on 3 prompts" in card and f"base_model: {assets['lm']}" in card
 
 
 def test_qwen_gsm8k_grpo_lora(assets, tmp_path):
