@@ -36,11 +36,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ("entropy.png", ["entropy"], "Policy entropy per token during the update", "nats"),
         ("completion_length.png", ["completion_length"], "Completion length", "tokens"),
         ("losses.png", ["policy_loss", "value_loss", "kl_loss"], "Losses", "loss"),
-        ("eval.png", [k for k in keys if k.startswith("eval/")], "Evaluation", "value"),
     ]
     written = []
     for name, ys, title, ylabel in plots:
         ys = [y for y in ys if y in keys]
         if ys:
             written.append(plot_curves(run_dir / name, rows, "step", ys, title, ylabel, smooth=smooth))
+    # evaluations are few and each already averages the whole held-out set: drawn unsmoothed
+    evals = [k for k in keys if k.startswith("eval/reward") and not k.endswith("_std")]
+    if evals:
+        title = "Held-out evaluation (every reward function, weight 0 included)"
+        written.append(plot_curves(run_dir / "eval.png", rows, "step", evals, title, "score"))
     return written

@@ -299,6 +299,10 @@ def ppo_config(cfg: DemoConfig, out: Path, resume: str | None) -> Any:
         save_steps=cfg.save_steps,
         save_total_limit=2,
         resume_from_checkpoint=resume,
+        # greedy completions for the held-out prompts every eighth of the run, scored by the proxy RM and the
+        # gold judge: eval.png shows whether the gold reward follows the proxy on prompts PPO never trained on
+        eval_steps=max(cfg.ppo_steps // 8, 1),
+        eval_on_start=True,
     )
 
 
@@ -375,7 +379,7 @@ def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
         log(f"[ppo] resuming from the latest checkpoint in {out}")
     elif out.exists():
         run.clear("ppo")
-    train_prompts, _ = corpus.split_prompts(cfg.seed)
+    train_prompts, eval_prompts = corpus.split_prompts(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(sources["sft"])
     args = ppo_config(cfg, out, resume)
     trainer = PPOTrainer(
@@ -383,6 +387,7 @@ def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
         reward_funcs=[stages.load_eos_reward_model(sources["rm"]), corpus.gold_judge],
         args=args,
         train_dataset=datasets.Dataset.from_dict({"prompt": train_prompts}),
+        eval_dataset=datasets.Dataset.from_dict({"prompt": eval_prompts[: cfg.n_eval_prompts]}),
         processing_class=tokenizer,
     )
     history = trainer.train()

@@ -58,7 +58,8 @@ def _cell(text: str) -> str:
 
 
 def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
-    rows = read_metrics(run_dir / "ppo" / "metrics.jsonl")
+    # training steps only (the step-0 row holds the starting model's evaluation alone)
+    rows = [r for r in read_metrics(run_dir / "ppo" / "metrics.jsonl") if "reward" in r]
     plot_proxy_vs_gold(run_dir / "reward_proxy_vs_gold.png", rows, summary)
     plot_curves(
         run_dir / "kl.png",
@@ -114,6 +115,17 @@ def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
         "",
         "![KL](kl.png) ![completion length](completion_length.png)",
         "",
+        *(
+            [
+                "![held-out evaluation during PPO](ppo/eval.png)",
+                "",
+                "Greedy completions for the held-out prompts, scored every eighth of the run (step 0 = the SFT "
+                "policy) by the reward model (`eval/reward/rm`) and the gold judge (`eval/reward/gold_judge`).",
+                "",
+            ]
+            if (run_dir / "ppo" / "eval.png").is_file()
+            else []
+        ),
         "## Samples: the same held-out prompts, before (SFT) and after (PPO)",
         "",
         "| prompt | SFT completion | gold / proxy | PPO completion | gold / proxy |",
