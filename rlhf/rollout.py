@@ -162,6 +162,14 @@ class _PreallocatedLayer(DynamicLayer):
         self.values = self._value_buffer[:, :, :end]
         return self.keys, self.values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        # rows of the buffers (a prompt's cache copied to each of its completions), not of the prefix views
+        if self.is_initialized:
+            self._key_buffer = self._key_buffer[indices]
+            self._value_buffer = self._value_buffer[indices]
+            self.keys = self._key_buffer[:, :, : self.length]
+            self.values = self._value_buffer[:, :, : self.length]
+
 
 @torch.no_grad()
 def sample(
@@ -172,6 +180,7 @@ def sample(
     temperature: float,
     eos_token_id: int | list[int],
     pad_token_id: int,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling with a KV cache: what `model.generate(do_sample=True)` does (float32 softmax at
     `temperature` (0 = greedy), PAD fed to finished rows, attention mask extended with ones, stop when every row
@@ -179,6 +188,10 @@ def sample(
     without its per-step machinery, with a preallocated cache and inverse-CDF draws (`draw_tokens`), returning
     the log-prob of each sampled token at `temperature`, so the rollout needs no separate forward pass for the
     behaviour policy's log-probs.
+
+    share_prompts: a batch that repeats prompts (GRPO / RLOO groups: num_generations rows per prompt) runs the
+    prefill once per distinct prompt and copies its KV cache to the prompt's rows; the same numbers up to float
+    rounding (matmuls over fewer rows), and most of a grouped rollout's prefill work saved.
 
     Returns (response_ids, logprobs), both (batch, response_len); response_len <= max_new_tokens (the loop stops
     when every row has emitted EOS, as `generate` does). Entries after a row's EOS are PAD and log-prob 0.
@@ -205,15 +218,31 @@ def sample(
     response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    # a prompt's rows are equal in ids *and* mask (with PAD == EOS, equal ids alone could differ in padding)
+    inverse = None
+    if share_prompts and all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers):
+        distinct, inverse = torch.unique(
+            torch.cat([query_ids, query_mask.long()], 1), dim=0, return_inverse=True
+        )
+        if len(distinct) == batch:
+            inverse = None
+    if inverse is None:
+        prefill_ids, prefill_mask, prefill_positions = query_ids, query_mask, position_ids
+    else:
+        prefill_ids, prefill_mask = distinct[:, :prompt_len], distinct[:, prompt_len:].to(query_mask.dtype)
+        prefill_positions = position_ids_from_mask(prefill_mask)
     # prefill: only the last position's logits are needed (a full (batch, prompt_len, vocab) tensor is not)
     logits = model(
-        input_ids=query_ids,
-        attention_mask=query_mask,
-        position_ids=position_ids,
+        input_ids=prefill_ids,
+        attention_mask=prefill_mask,
+        position_ids=prefill_positions,
         use_cache=True,
         logits_to_keep=1,
         **cache,
     ).logits[:, -1]
+    if inverse is not None:  # each prompt's last logits and KV cache to each of its rows
+        logits = logits[inverse]
+        kv_cache.batch_select_indices(inverse)
     position_ids = position_ids[:, -1:]
     length = max_new_tokens
     for t in range(max_new_tokens):

@@ -194,7 +194,8 @@ def test_resume_after_a_kill_before_the_ppo_marker_finishes_from_the_checkpoint(
     ):
         assert stage[key] == original[key] == rows[-1][metric], key
     assert stage["steps"] == 10
-    assert stage["seconds"] >= sum(r.get("time/step", 0.0) for r in rows)  # the killed invocation's steps count
+    # the killed invocation's steps count
+    assert stage["seconds"] >= sum(r.get("time/step", 0.0) for r in rows)
     # the model it would have saved: same weights, so the evaluation gives the same numbers
     assert (run_dir / "ppo" / "model.safetensors").is_file() and (
         run_dir / "ppo" / "tokenizer.json"

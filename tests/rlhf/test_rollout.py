@@ -42,6 +42,37 @@ def test_sample_logprobs_equal_a_full_forward_and_seeded_runs_repeat(tokenizer, 
     assert (logprobs[mask == 0] == 0).all()
 
 
+def test_a_repeated_prompt_is_prefilled_once_with_the_same_samples(tokenizer, sft_policy):
+    """GRPO-style groups (each prompt twice here): the prefill runs on the 4 distinct prompts and every row gets
+    its prompt's cache; tokens and log-probs are those of prefilling all 8 rows. Two rows with equal ids but
+    different masks (a real token equal to PAD, as with PAD == EOS) are not merged."""
+    query_ids, query_mask = left_padded(tokenizer)
+    # row 8: row 0's ids with a real first token where row 0 has padding
+    assert query_mask[0, 0] == 0
+    query_ids = torch.cat([query_ids, query_ids[:1]])
+    query_mask = torch.cat([query_mask, torch.ones_like(query_mask[:1])])
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prefill_rows = []
+    hook = sft_policy.register_forward_pre_hook(
+        lambda module, args, kwargs: prefill_rows.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    torch.manual_seed(5)
+    shared_ids, shared_logprobs = sample(sft_policy, query_ids, query_mask, 12, 1.0, eos, pad)
+    first_call = prefill_rows[0]
+    torch.manual_seed(5)
+    plain_ids, plain_logprobs = sample(
+        sft_policy, query_ids, query_mask, 12, 1.0, eos, pad, share_prompts=False
+    )
+    hook.remove()
+    assert first_call == (5, query_ids.shape[1])  # 4 distinct prompts + the differently masked copy
+    assert torch.equal(shared_ids, plain_ids)
+    torch.testing.assert_close(shared_logprobs, plain_logprobs, atol=1e-5, rtol=0)
+    mask = response_mask_from_ids(shared_ids, eos)
+    with torch.no_grad():
+        full, _ = forward_logprobs(sft_policy, query_ids, query_mask, shared_ids, mask, 1.0)
+    torch.testing.assert_close(shared_logprobs, full * mask, atol=1e-4, rtol=0)
+
+
 def test_draw_tokens_follows_the_distribution_and_never_draws_a_zero_probability_token():
     torch.manual_seed(0)
     rows = torch.tensor(
