@@ -47,7 +47,7 @@ from classic.common import (
     make_vec_env,
     seed_everything,
 )
-from classic.functional import masked_whiten, value_loss
+from classic.functional import explained_variance, masked_whiten, value_loss
 from classic.running_norm import RewardScaler
 
 
@@ -115,7 +115,9 @@ def a2c_update(
     returns: torch.Tensor,
     cfg: A2CConfig,
 ) -> dict[str, float]:
-    """One gradient step on the whole n-step batch (the loss in the module docstring)."""
+    """One gradient step on the whole n-step batch (the loss in the module docstring). Returns its
+    statistics over the batch, before the step: policy_loss, value_loss (0.5 * mean (R - V)^2, as in the loss),
+    entropy, and explained_variance of the rollout's values as predictors of the returns."""
     b_obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])  # (N*n, obs_dim)
     b_actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
     b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
@@ -124,12 +126,16 @@ def a2c_update(
     _, logprobs, entropy, values = agent.get_action_and_value(b_obs, b_actions)
     pg_loss = -(b_advantages * logprobs).mean()
     v_loss, _ = value_loss(values, values, b_returns, clip_eps=None)  # 0.5 * mean (R - V)^2
-    loss = pg_loss + cfg.vf_coef * 2 * v_loss - cfg.entropy_coef * entropy.mean()
+    mean_entropy = entropy.mean()
+    loss = pg_loss + cfg.vf_coef * 2 * v_loss - cfg.entropy_coef * mean_entropy
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
     optimizer.step()
-    return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.mean().item()}
+    ev = explained_variance(rollout.values.reshape(-1), b_returns)
+    # one host sync for all four numbers
+    stats = torch.stack([pg_loss.detach(), v_loss.detach(), mean_entropy.detach(), ev]).tolist()
+    return dict(zip(("policy_loss", "value_loss", "entropy", "explained_variance"), stats))
 
 
 def make_optimizer(agent: nn.Module, cfg: A2CConfig) -> torch.optim.Optimizer:
@@ -162,7 +168,10 @@ def train(cfg: A2CConfig) -> TrainResult:
         if cfg.stop_at_return is not None and run.mean_recent_return() >= cfg.stop_at_return:
             break
         advantages, returns = compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
-        a2c_update(agent, optimizer, rollout, advantages, returns, cfg)
+        stats = a2c_update(agent, optimizer, rollout, advantages, returns, cfg)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        # one optimizer step per iteration, so n_updates is the iteration (SB3's A2C counts the same)
+        run.update(global_step, iteration + 1, **stats, n_updates=iteration + 1, learning_rate=learning_rate)
     envs.close()
     run.close(agent)
     solved = first_solved_step(run.dir, cfg.stop_at_return)

@@ -70,8 +70,8 @@ class Agent(nn.Module):
         self, x: torch.Tensor, action: torch.Tensor | None = None, with_entropy: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Sample (or score the given) actions: (action, logprob, entropy, value), each (batch, ...). A
-        categorical policy skips its entropy (None) when `with_entropy` is False (acting, or an update with no
-        entropy bonus); a Gaussian's is a closed form of log_std and always returned."""
+        categorical policy skips its entropy (None) when `with_entropy` is False (acting; the PPO update logs it even
+        without an entropy bonus); a Gaussian's is a closed form of log_std and always returned."""
         out = self.actor(x)
         if self.continuous:
             log_std = self.log_std.expand_as(out)

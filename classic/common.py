@@ -1,5 +1,6 @@
 """What every deep-RL file in `classic/` needs besides its algorithm: input checks, seeding, environments,
-the run directory (metrics.jsonl, learning curve, saved model) and a progress bar. Kept small on purpose."""
+the run directory (metrics.jsonl, updates.jsonl, their plots, saved model) and a progress bar. Kept small on
+purpose."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classic.runlog import MetricsWriter, explain_full_disk, plot_curves, read_metrics
+from classic.runlog import MetricsWriter, explain_full_disk, plot_curves, plot_panels, read_metrics
 
 # renames every classic config shares (to the names rlhf.config.PPOConfig uses), for their `RENAMED` maps
 RENAMED_RUN_FIELDS = {"run_dir": "output_dir", "torch_threads": "num_threads"}
@@ -96,15 +97,28 @@ def finished_episodes(infos: dict) -> list[tuple[float, int]]:
     return [(float(stats["r"][i]), int(stats["l"][i])) for i in np.flatnonzero(stats["_r"])]
 
 
+# the updates.jsonl columns updates.png draws, where a run has them: the ones that say whether training is
+# healthy (each panel costs ~0.05 s of matplotlib at the end of the run, so not the schedules or the clock)
+PLOTTED_UPDATE_COLUMNS = (
+    "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance", "epochs",
+    "loss", "q_values", "epsilon",
+)  # fmt: skip
+
+
 class Run:
     """A run directory: `config.json`, `metrics.jsonl` (one row per finished training episode), `curve.png`,
-    `model.pt`, with a progress bar over environment steps."""
+    `updates.jsonl` (one row per update: the algorithm's losses and diagnostics), `updates.png`, `model.pt`,
+    with a progress bar over environment steps. Two files rather than one: every reader of metrics.jsonl
+    (first_solved_step, curve.png) can keep assuming that a row is an episode."""
 
     def __init__(self, run_dir: str | Path, config: Any, total_steps: int, desc: str) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
         self.metrics = MetricsWriter(self.dir / "metrics.jsonl")
+        # opened (truncated) now, not at the first update: a stale file of an earlier run in the same
+        # directory must not survive a run that never updates
+        self.updates = MetricsWriter(self.dir / "updates.jsonl")
         self.returns: list[float] = []
         self.start = time.time()
         disable = os.environ.get("RLBOOK_NO_PROGRESS") == "1"
@@ -125,6 +139,20 @@ class Run:
         recent = self.returns[-20:]
         self.bar.set_postfix(ret20=f"{sum(recent) / len(recent):.1f}")
 
+    def update(self, global_step: int, iteration: int, **stats: float) -> None:
+        """One updates.jsonl row: the statistics of the update made after `global_step` environment steps,
+        plus `steps_per_s` (environment steps per wall-clock second since the run started, CleanRL's SPS)."""
+        elapsed = time.time() - self.start
+        self.updates.write(
+            {
+                "global_step": global_step,
+                "iteration": iteration,
+                **stats,
+                "steps_per_s": round(global_step / elapsed, 1) if elapsed > 0 else None,
+                "time": round(elapsed, 3),
+            }
+        )
+
     def step(self, n: int) -> None:
         self.bar.update(n)
 
@@ -135,6 +163,7 @@ class Run:
     def close(self, model: torch.nn.Module | None = None) -> None:
         self.bar.close()
         self.metrics.close()
+        self.updates.close()
         if model is not None:
             save_model(model, self.dir / "model.pt")
         rows = read_metrics(self.dir / "metrics.jsonl")
@@ -147,6 +176,15 @@ class Run:
                 self.title,
                 "episode return",
                 10,
+            )
+        updates = read_metrics(self.dir / "updates.jsonl")
+        if updates:
+            columns = [k for k in PLOTTED_UPDATE_COLUMNS if k in updates[0]]
+            # a column that never changes (every epoch run, no target_kl stop) would be a flat panel
+            varying = [k for k in columns if len({r.get(k) for r in updates}) > 1] or columns
+            smooth = 5 if len(updates) >= 20 else 1
+            plot_panels(
+                self.dir / "updates.png", updates, "global_step", varying, f"{self.title}: updates", smooth
             )
 
 

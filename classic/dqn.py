@@ -73,6 +73,12 @@ class DQNConfig:
     learning_starts: int = field(default=1000, metadata={"help": "env steps before learning starts"})
     train_frequency: int = field(default=2, metadata={"help": "env steps between training phases"})
     gradient_steps: int = field(default=1, metadata={"help": "gradient steps per training phase"})
+    log_interval: int = field(
+        default=100,
+        metadata={
+            "help": "gradient steps averaged into one updates.jsonl row (CleanRL logs every 100 env steps)"
+        },
+    )
     hidden_sizes: list[int] = field(
         default_factory=lambda: [256, 256], metadata={"help": "MLP hidden layers (CNN: its last layer)"}
     )
@@ -92,6 +98,7 @@ class DQNConfig:
             check_positive(name, getattr(self, name))
         for name in ("batch_size", "train_frequency", "gradient_steps", "max_grad_norm", "num_threads"):
             check_positive(name, getattr(self, name))
+        check_positive("log_interval", self.log_interval)
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
         for name in ("gamma", "start_e", "end_e"):
@@ -237,6 +244,19 @@ def train(cfg: DQNConfig) -> TrainResult:
     run = Run(cfg.output_dir or default_run_dir("dqn", cfg.env_id, cfg.seed), cfg, cfg.total_timesteps, "dqn")
     episode_steps: list[int] = []
 
+    # (loss, mean Q(s, a)) of each gradient step since the last updates.jsonl row, kept as tensors: one host
+    # sync per row, not per step. A row per gradient step would be ~50k rows for the defaults' 100k env steps.
+    pending: list[torch.Tensor] = []
+    n_updates = phases = 0
+
+    def log_updates() -> None:
+        loss_mean, q_mean = torch.stack(pending).mean(0).tolist()
+        run.update(
+            global_step, phases, loss=loss_mean, q_values=q_mean, epsilon=epsilon, n_updates=n_updates,
+            learning_rate=optimizer.param_groups[0]["lr"],
+        )  # fmt: skip
+        pending.clear()
+
     obs, _ = envs.reset(seed=cfg.seed)  # (1, *obs_shape)
     global_step = 0
     for global_step in range(1, cfg.total_timesteps + 1):
@@ -277,6 +297,11 @@ def train(cfg: DQNConfig) -> TrainResult:
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
+                pending.append(torch.stack([loss.detach(), q.detach().mean()]))
+            n_updates += cfg.gradient_steps
+            phases += 1
+            if len(pending) >= cfg.log_interval:
+                log_updates()
 
         # every C steps reset Q_hat = Q (or move it a fraction tau towards Q)
         if global_step % cfg.target_network_frequency == 0:
@@ -286,6 +311,8 @@ def train(cfg: DQNConfig) -> TrainResult:
         if stop is not None and len(run.returns) >= 20 and run.mean_recent_return(20) >= stop:
             break  # solved: the mean of the last 20 training episodes reached stop_at_return
 
+    if pending:  # the last, shorter window (a run that stopped early or ended between rows)
+        log_updates()
     envs.close()
     run.close(q_network)
     return TrainResult(q_network, run.dir, list(run.returns), episode_steps, global_step)

@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,7 @@ from classic.common import (
     make_vec_env,
     seed_everything,
 )
-from classic.functional import masked_whiten, ppo_policy_loss, value_loss
+from classic.functional import explained_variance, masked_whiten, ppo_policy_loss, value_loss
 from classic.running_norm import RewardScaler
 
 
@@ -130,6 +130,17 @@ class PPOConfig:
             )
 
 
+# what ppo_update records for every minibatch, in this order (SB3 / CleanRL / rlhf trainer names)
+MINIBATCH_STATS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "value_clip_fraction",
+)
+
+
 def ppo_update(
     agent: Agent,
     optimizer: torch.optim.Optimizer,
@@ -139,55 +150,67 @@ def ppo_update(
     cfg: PPOConfig,
     clip_eps: float,
     value_clip_eps: float | None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """K epochs of minibatch SGD on L^CLIP - c1 L^VF + c2 S (eq. 9), with this iteration's (possibly annealed)
-    clipping epsilons. Returns the last epoch's statistics plus `clip_fraction_per_epoch`."""
+    clipping epsilons.
+
+    Returns the update's statistics: each of MINIBATCH_STATS as the mean over every minibatch of every epoch
+    run (what SB3 logs for its losses and clip fraction; SB3's approx_kl is the last epoch's mean, ours is over
+    all epochs like the rest), measured on the minibatch before its optimizer step; `explained_variance` of the
+    rollout's values as predictors of the returns; `epochs` run (fewer than num_ppo_epochs after a target_kl
+    stop); `clip_fraction_per_epoch`; and `per_minibatch`, each statistic's values in the order they were made."""
     obs_shape = rollout.obs.shape[2:]
     b_obs = rollout.obs.reshape(-1, *obs_shape)  # (N*T, obs_dim)
     b_actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
     b_logprobs, b_values = rollout.logprobs.reshape(-1), rollout.values.reshape(-1)
     b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
     batch_size = len(b_obs)
-    # with no entropy bonus the entropy is only logged: skip it in the loop (no graph through it)
+    # with no entropy bonus the entropy is only logged: it stays out of the loss, so the gradients are those of
+    # a loop that never computes it
     with_entropy = cfg.entropy_coef != 0
-    clip_fractions: list[float] = []
+    # one (len(MINIBATCH_STATS),) tensor per minibatch, read back once at the end: no host sync per minibatch
+    mb_stats: list[torch.Tensor] = []
+    epochs = 0
     for _epoch in range(cfg.num_ppo_epochs):
         b_inds = torch.randperm(batch_size)
-        epoch_clip, epoch_kl = [], []
+        epoch_kl = []
         for start in range(0, batch_size, cfg.mini_batch_size):
             mb_inds = b_inds[start : start + cfg.mini_batch_size]
-            _, logprobs, entropy, values = agent.get_action_and_value(
-                b_obs[mb_inds], b_actions[mb_inds], with_entropy
-            )
+            _, logprobs, entropy, values = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+            mb_entropy = entropy.mean()
             mb_advantages = b_advantages[mb_inds]
             if cfg.whiten_advantages:
                 mb_advantages = masked_whiten(mb_advantages)
             pg_loss, clip_frac, approx_kl = ppo_policy_loss(
                 logprobs, b_logprobs[mb_inds], mb_advantages, clip_eps
             )
-            v_loss, _ = value_loss(values, b_values[mb_inds], b_returns[mb_inds], value_clip_eps)
+            v_loss, v_clip_frac = value_loss(values, b_values[mb_inds], b_returns[mb_inds], value_clip_eps)
             loss = pg_loss + cfg.vf_coef * 2 * v_loss  # value_loss has the 0.5
             if with_entropy:
-                loss = loss - cfg.entropy_coef * entropy.mean()
+                loss = loss - cfg.entropy_coef * mb_entropy
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
             optimizer.step()
-            epoch_clip.append(clip_frac), epoch_kl.append(approx_kl)
-        clip_fractions.append(torch.stack(epoch_clip).mean().item())  # one sync per epoch, not per minibatch
-        epoch_kl_mean = torch.stack(epoch_kl).mean().item()
-        if cfg.target_kl is not None and epoch_kl_mean > cfg.target_kl:
+            epoch_kl.append(approx_kl)
+            mb_stats.append(
+                torch.stack([pg_loss, v_loss, mb_entropy, approx_kl, clip_frac, v_clip_frac]).detach()
+            )
+        epochs += 1
+        # the only sync inside the loop, and only when its answer decides whether to go on
+        if cfg.target_kl is not None and torch.stack(epoch_kl).mean().item() > cfg.target_kl:
             break
-    with torch.no_grad():
-        _, _, entropy, _ = agent.get_action_and_value(b_obs, b_actions)
-    return {
-        "policy_loss": pg_loss.item(),
-        "value_loss": v_loss.item(),
-        "entropy": entropy.mean().item(),
-        "approx_kl": epoch_kl[-1].item(),
-        "clip_fraction": clip_fractions[-1],
-        "clip_fraction_per_epoch": clip_fractions,
-    }
+    per_minibatch = torch.stack(mb_stats).T.tolist()  # (len(MINIBATCH_STATS), epochs * minibatches)
+    stats: dict[str, Any] = {name: sum(v) / len(v) for name, v in zip(MINIBATCH_STATS, per_minibatch)}
+    clip = per_minibatch[MINIBATCH_STATS.index("clip_fraction")]
+    per_epoch = len(clip) // epochs
+    stats["clip_fraction_per_epoch"] = [
+        sum(clip[i : i + per_epoch]) / per_epoch for i in range(0, len(clip), per_epoch)
+    ]
+    stats["explained_variance"] = explained_variance(b_values, b_returns).item()
+    stats["epochs"] = epochs
+    stats["per_minibatch"] = dict(zip(MINIBATCH_STATS, per_minibatch))
+    return stats
 
 
 def train(cfg: PPOConfig) -> TrainResult:
@@ -204,7 +227,7 @@ def train(cfg: PPOConfig) -> TrainResult:
     batch_size = cfg.num_envs * cfg.num_steps
     num_iterations = max(1, cfg.total_timesteps // batch_size)
     next_obs, _ = envs.reset(seed=cfg.seed)
-    global_step, start = 0, time.time()
+    global_step, start, n_updates = 0, time.time(), 0
     for iteration in range(num_iterations):
         frac = 1.0 - iteration / num_iterations  # linear annealing to 0
         if cfg.lr_scheduler == "linear":
@@ -220,7 +243,16 @@ def train(cfg: PPOConfig) -> TrainResult:
         if cfg.stop_at_return is not None and run.mean_recent_return() >= cfg.stop_at_return:
             break
         advantages, returns = compute_advantages(rollout, cfg.gamma, cfg.gae_lambda)
-        ppo_update(agent, optimizer, rollout, advantages, returns, cfg, clip_eps, value_clip_eps)
+        stats = ppo_update(agent, optimizer, rollout, advantages, returns, cfg, clip_eps, value_clip_eps)
+        n_updates += stats["epochs"] * (batch_size // cfg.mini_batch_size)
+        run.update(
+            global_step,
+            iteration + 1,
+            **{name: stats[name] for name in (*MINIBATCH_STATS, "explained_variance", "epochs")},
+            n_updates=n_updates,  # optimizer steps since the start (SB3's PPO counts epochs instead)
+            learning_rate=optimizer.param_groups[0]["lr"],
+            clip_eps=clip_eps,
+        )
     envs.close()
     run.close(agent)
     solved = first_solved_step(run.dir, cfg.stop_at_return)

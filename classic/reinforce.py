@@ -38,7 +38,13 @@ from classic.common import (
     seed_everything,
 )
 from classic.dqn import TrainResult, default_run_dir
-from classic.functional import discounted_returns, logprobs_from_logits, masked_whiten
+from classic.functional import (
+    discounted_returns,
+    entropy_from_logits,
+    explained_variance,
+    logprobs_from_logits,
+    masked_whiten,
+)
 
 
 @dataclass
@@ -146,6 +152,39 @@ def generate_episodes(
     return batch, obs, finished
 
 
+def reinforce_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], cfg: ReinforceConfig
+) -> dict[str, float]:
+    """One gradient step on a batch of whole episodes (the update in the module docstring). Returns its
+    statistics, means over the batch's time steps before the step: policy_loss, the policy's entropy and, with
+    the baseline, value_loss (0.5 * mean (G - v)^2) and explained_variance of v(S_t, w) as a predictor of the
+    (whitened, if whiten_returns) returns G_t it regresses on."""
+    # G_t = sum_{k=t+1}^{T} gamma^{k-t-1} R_k  (S&B eq. 3.9), restarted at each episode end
+    returns = discounted_returns(batch["rewards"], cfg.gamma, batch["dones"])  # (T,)
+    if cfg.whiten_returns:
+        returns = masked_whiten(returns)
+    values = agent.value(batch["obs"]).squeeze(-1)  # (T,)  v(S_t, w)
+    # delta = G_t - v(S_t, w); the baseline changes the variance, not the expected gradient
+    advantages = returns - values.detach() if cfg.baseline else returns
+    logits = agent.policy(batch["obs"])  # (T, n_actions)
+    logprobs = logprobs_from_logits(logits, batch["actions"])  # (T,) ln pi(A_t|S_t)
+    policy_loss = -(logprobs * advantages).mean()
+    value_loss = 0.5 * ((values - returns) ** 2).mean()
+    optimizer.zero_grad()
+    (policy_loss + (value_loss if cfg.baseline else 0.0)).backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+
+    with torch.no_grad():  # logged only, so no graph: the entropy is of pi before the step, like the losses
+        entropy = entropy_from_logits(logits.detach()).mean()
+        stats = [policy_loss.detach(), entropy]
+        names = ["policy_loss", "entropy"]
+        if cfg.baseline:  # without one, v(s, w) is never trained: its loss would only be noise
+            stats += [value_loss.detach(), explained_variance(values.detach(), returns)]
+            names += ["value_loss", "explained_variance"]
+    return dict(zip(names, torch.stack(stats).tolist()))  # one host sync
+
+
 def train(cfg: ReinforceConfig) -> TrainResult:
     seed_everything(cfg.seed, cfg.num_threads)
     envs = make_env(cfg)
@@ -161,7 +200,7 @@ def train(cfg: ReinforceConfig) -> TrainResult:
     episode_steps: list[int] = []
 
     obs, _ = envs.reset(seed=cfg.seed)  # (1, obs_size)
-    global_step = 0
+    global_step = iteration = 0
     while global_step < cfg.total_timesteps:
         # generate episodes S_0, A_0, R_1, ..., S_{T-1}, A_{T-1}, R_T following pi(.|., theta)
         batch, obs, finished = generate_episodes(
@@ -177,20 +216,11 @@ def train(cfg: ReinforceConfig) -> TrainResult:
         if len(finished) < cfg.episodes_per_batch:
             break  # out of steps mid-episode: an incomplete episode has no Monte-Carlo return
 
-        # G_t = sum_{k=t+1}^{T} gamma^{k-t-1} R_k  (S&B eq. 3.9), restarted at each episode end
-        returns = discounted_returns(batch["rewards"], cfg.gamma, batch["dones"])  # (T,)
-        if cfg.whiten_returns:
-            returns = masked_whiten(returns)
-        values = agent.value(batch["obs"]).squeeze(-1)  # (T,)  v(S_t, w)
-        # delta = G_t - v(S_t, w); the baseline changes the variance, not the expected gradient
-        advantages = returns - values.detach() if cfg.baseline else returns
-        logprobs = logprobs_from_logits(agent.policy(batch["obs"]), batch["actions"])  # (T,) ln pi(A_t|S_t)
-        policy_loss = -(logprobs * advantages).mean()
-        value_loss = 0.5 * ((values - returns) ** 2).mean()
-        optimizer.zero_grad()
-        (policy_loss + (value_loss if cfg.baseline else 0.0)).backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        stats = reinforce_update(agent, optimizer, batch, cfg)
+        iteration += 1
+        # one gradient step per batch of episodes: n_updates is the iteration
+        lr = optimizer.param_groups[0]["lr"]
+        run.update(global_step, iteration, **stats, n_updates=iteration, learning_rate=lr)
 
         stop = cfg.stop_at_return
         if stop is not None and len(run.returns) >= 20 and run.mean_recent_return(20) >= stop:

@@ -1,6 +1,8 @@
 """Run directories: a `metrics.jsonl` (one JSON object per line, appended and flushed as training goes; read back
 tolerating the torn last line a crash leaves, cut back atomically when a run resumes), a learning-curve PNG drawn
-from it, and `explain_full_disk` for saves. Shared by every classic algorithm and the rlhf trainer."""
+from it (`plot_curves`; `plot_panels` for statistics of different scales), and `explain_full_disk` for saves.
+Shared by every classic algorithm and the rlhf trainer; classic runs write a second file of the same kind,
+`updates.jsonl`, with one row per update."""
 
 from __future__ import annotations
 
@@ -205,6 +207,46 @@ def plot_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_panels(
+    path: str | Path, rows: list[dict[str, Any]], x: str, ys: list[str], title: str, smooth: int = 1
+) -> Path:
+    """One small panel per column of `ys` against `x`, in a grid of up to 3 columns: the per-update statistics
+    (losses, entropy, KL, clip fraction, ...) differ by orders of magnitude, so one shared y axis would flatten
+    all but the largest. Columns with no finite value get no panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = []
+    for y in ys:
+        pts = [(r[x], r[y]) for r in rows if y in r and x in r and r[y] is not None and math.isfinite(r[y])]
+        if pts:
+            series.append((y, *zip(*pts)))
+    ncols = max(1, min(3, len(series)))
+    nrows = max(1, math.ceil(len(series) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), dpi=110, squeeze=False)
+    for ax in axes.flat[len(series) :]:
+        ax.set_visible(False)
+    for ax, (y, xs, vals) in zip(axes.flat, series):
+        if smooth > 1:
+            ax.plot(xs, vals, alpha=0.25, color="C0")
+            vals = moving_average(list(vals), smooth)
+        ax.plot(xs, vals, color="C0", marker="o" if len(xs) == 1 else None)  # one row: a dot, not nothing
+        ax.set_title(y + (f" (moving avg {smooth})" if smooth > 1 else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for i, ax in enumerate(axes.flat[: len(series)]):
+        if i + ncols >= len(series):  # the lowest panel of its grid column
+            ax.set_xlabel(x.replace("_", " "), fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
