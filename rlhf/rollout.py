@@ -380,24 +380,35 @@ def forward_logprobs(
     temperature: float,
     with_entropy: bool = False,
     entropy_grad: bool = True,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens under `model` at the sampling temperature (N+ detail), and optionally
     the per-token entropy (`entropy_grad=False`: for logging only, no autograd graph through the
-    (batch, response_len, vocab) softmax). Returns (batch, response_len) tensors."""
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    (batch, response_len, vocab) softmax). Returns (batch, response_len) tensors.
+
+    share_prompts: rows that repeat a prompt (GRPO / RLOO groups) run the prompt once and its KV cache serves
+    each row's response (`shared_prompt_logits`); gradients flow back through the shared prompt, summed over its
+    rows, which is what the unshared computation gives."""
     response_len = response_ids.shape[1]
-    # the logit at position t predicts token t + 1: only the last response_len + 1 positions are needed, so the
-    # LM head skips the prompt (when the model supports `logits_to_keep`)
-    extra = {"logits_to_keep": response_len + 1} if _accepts_logits_to_keep(model) else {}
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        **extra,
-    ).logits
-    logits = logits[:, -response_len - 1 : -1].float()  # (batch, response_len, vocab)
+    logits = (
+        shared_prompt_logits(model, query_ids, query_mask, response_ids, response_mask)
+        if share_prompts
+        else None
+    )
+    if logits is None:
+        input_ids = torch.cat([query_ids, response_ids], dim=1)
+        attention_mask = torch.cat([query_mask, response_mask], dim=1)
+        # the logit at position t predicts token t + 1: only the last response_len + 1 positions are needed, so
+        # the LM head skips the prompt (when the model supports `logits_to_keep`)
+        extra = {"logits_to_keep": response_len + 1} if _accepts_logits_to_keep(model) else {}
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            **extra,
+        ).logits[:, -response_len - 1 : -1]
+    logits = logits.float()  # (batch, response_len, vocab)
     if temperature != 1.0:
         logits = logits / temperature
     # a few rows at a time, like the entropy below: logsumexp's (rows, response_len, vocab) temporaries stay small
@@ -413,6 +424,65 @@ def forward_logprobs(
             # otherwise sit on top of the activations the backward pass still needs (peak memory)
             entropy = torch.cat([entropy_from_logits(rows) for rows in logits.split(8)])
     return logprobs, entropy
+
+
+def _inner_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP / DeepSpeed (`.module`) and peft wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def shared_prompt_logits(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor | None:
+    """The response logits (batch, response_len, vocab) computed with each distinct prompt run once: a prefill
+    over the distinct prompts fills a KV cache, each row takes its prompt's cache (and last logit, which predicts
+    the first response token), then one pass over the responses alone. None when no prompt repeats, or when a
+    cache cannot be used: activation checkpointing in training mode (transformers then turns the cache off), or
+    cache layers other than plain full attention."""
+    distinct, inverse = torch.unique(torch.cat([query_ids, query_mask.long()], 1), dim=0, return_inverse=True)
+    if len(distinct) == len(query_ids):
+        return None
+    inner = _inner_model(model)
+    # transformers 5.2x renamed is_gradient_checkpointing (the old name warns)
+    checkpointing = getattr(
+        inner,
+        "is_activation_checkpointing"
+        if hasattr(type(inner), "is_activation_checkpointing")
+        else "is_gradient_checkpointing",
+        False,
+    )
+    if inner.training and checkpointing:
+        return None
+    cache = DynamicCache(config=inner.config)
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    cache_kwarg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    prompt_len = query_ids.shape[1]
+    prompt_mask = distinct[:, prompt_len:].to(query_mask.dtype)
+    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    first = model(
+        input_ids=distinct[:, :prompt_len],
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        use_cache=True,
+        **{cache_kwarg: cache},
+        **extra,
+    ).logits[:, -1:]
+    cache.batch_select_indices(inverse)  # indexing: the backward sums each prompt's gradient over its rows
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    rest = model(
+        input_ids=response_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask)[:, prompt_len:],
+        use_cache=True,
+        **{cache_kwarg: cache},
+    ).logits[:, :-1]
+    return torch.cat([first[inverse], rest], dim=1)
 
 
 def forward_values(

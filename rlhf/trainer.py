@@ -101,6 +101,10 @@ class PPOTrainer:
             args.max_grad_norm,
         )
         self.estimator = get_estimator(args.advantage_estimator)
+        # a repeated prompt (GRPO / RLOO groups) runs once in the log-prob passes, unless parameters are sharded:
+        # there a forward pass is a collective, and ranks whose microbatches repeat prompts differently would run
+        # different numbers of them
+        self.share_prompts = not engines.shards_parameters(acc)
         # models are built from the same seed on every rank (a fresh critic head, LoRA's A matrices); sampling
         # then draws per rank (below)
         torch.manual_seed(args.seed)
@@ -328,18 +332,22 @@ class PPOTrainer:
     # --- the forward passes the annotate stage runs (no gradients) ------------------------------------------
     def _policy_logprobs(self, samples: Samples) -> torch.Tensor:
         with self.accelerator.autocast():
-            return forward_logprobs(self.policy, *samples.inputs, self.args.temperature)[0]
+            return forward_logprobs(
+                self.policy, *samples.inputs, self.args.temperature, share_prompts=self.share_prompts
+            )[0]
 
     def _reference_logprobs(self, samples: Samples) -> torch.Tensor:
         with self.accelerator.autocast():
             if self.use_peft:  # LoRA: the reference is the same network with its adapters off
                 with self.accelerator.unwrap_model(self.policy).disable_adapter():
-                    return forward_logprobs(self.policy, *samples.inputs, self.args.temperature)[0]
+                    return forward_logprobs(
+                        self.policy, *samples.inputs, self.args.temperature, share_prompts=self.share_prompts
+                    )[0]
             device = engines.module_device(self.ref_model)  # the CPU with ref_offload
             inputs = [x.to(device) for x in samples.inputs]
-            return forward_logprobs(self.ref_model, *inputs, self.args.temperature)[0].to(
-                self.accelerator.device
-            )
+            return forward_logprobs(
+                self.ref_model, *inputs, self.args.temperature, share_prompts=self.share_prompts
+            )[0].to(self.accelerator.device)
 
     def _critic_values(self, samples: Samples) -> torch.Tensor:
         with self.accelerator.autocast():
@@ -455,8 +463,9 @@ class PPOTrainer:
     def evaluate(self) -> dict[str, float]:
         """Completions for every eval_dataset prompt (eval_num_generations each; greedy unless eval_temperature > 0)
         scored by every reward function, weight-0 ones included (a gold judge can be watched without training on
-        it). Returns the eval/* metrics over all ranks, the same on every rank. The training run's random stream is
-        untouched (sampling draws from a seed of its own per step), so evaluating never changes training."""
+        it). Returns the eval/* metrics over all ranks, the same on every rank (time/eval is the rank's own).
+        The training run's random stream is untouched (sampling draws from a seed of its own per step), so
+        evaluating never changes training."""
         if self.eval_data is None:
             raise ValueError("evaluate: no eval_dataset was given to PPOTrainer")
         args, acc = self.args, self.accelerator
@@ -625,6 +634,7 @@ class PPOTrainer:
             args.temperature,
             with_entropy=True,
             entropy_grad=args.entropy_coef != 0,
+            share_prompts=self.share_prompts,
         )
         # one update per rollout: the current policy *is* the behaviour policy, its log-probs need no extra pass
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()

@@ -49,10 +49,11 @@ def test_sampler_benchmark_quick_prints_both_rows_and_the_ratio():
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    for name in ("sample", "generate"):
+    for name in ("sample", "unshared", "generate"):
         row = next(line for line in lines if line.startswith(name + " "))
         numbers = [float(x) for x in row.split()[1:]]
         assert len(numbers) == 4 and all(math.isfinite(x) and x > 0 for x in numbers), row
         assert numbers[3] <= 8.0  # mean completion length <= --new-tokens of the quick size
-    ratio = float(next(line for line in lines if line.startswith("ratio")).split(":")[1])
+    ratio = float(next(line for line in lines if line.startswith("ratio sample")).split(":")[1])
     assert math.isfinite(ratio) and ratio > 0
+    assert next(line for line in lines if line.startswith("ratio unshared"))

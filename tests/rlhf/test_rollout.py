@@ -12,6 +12,7 @@ from rlhf.rollout import (
     lean_sampling_supported,
     response_mask_from_ids,
     sample,
+    shared_prompt_logits,
 )
 
 PROMPTS = ["the movie", "a dog ran in the", "good", "it was fine I"]
@@ -71,6 +72,41 @@ def test_a_repeated_prompt_is_prefilled_once_with_the_same_samples(tokenizer, sf
     with torch.no_grad():
         full, _ = forward_logprobs(sft_policy, query_ids, query_mask, shared_ids, mask, 1.0)
     torch.testing.assert_close(shared_logprobs, full * mask, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_shared_prompt_forward_gives_the_unshared_logprobs_and_gradients(tokenizer, sft_policy, peft):
+    """Each prompt three times: the log-probs and every parameter's gradient of sum(logprobs) with each prompt
+    run once (its KV cache serving its three responses) equal those of running all 9 full sequences."""
+    query_ids, query_mask = tokenizer(PROMPTS[:3] * 3, return_tensors="pt", padding=True).values()
+    torch.manual_seed(1)
+    response_ids, _ = sample(
+        sft_policy, query_ids, query_mask, 8, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    model = sft_policy
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            sft_policy, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False)
+        )
+    model.train()
+    results = []
+    for share in (True, False):
+        model.zero_grad()
+        logprobs, _ = forward_logprobs(
+            model, query_ids, query_mask, response_ids, mask, 0.9, share_prompts=share
+        )
+        (logprobs * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logprobs, grads))
+    (shared, shared_grads), (plain, plain_grads) = results
+    assert shared_prompt_logits(model, query_ids[:3], query_mask[:3], response_ids[:3], mask[:3]) is None
+    torch.testing.assert_close(shared * mask, plain * mask, atol=2e-6, rtol=0)
+    assert shared_grads.keys() == plain_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_draw_tokens_follows_the_distribution_and_never_draws_a_zero_probability_token():

