@@ -14,7 +14,9 @@ from classic.runlog import read_metrics
 from rlhf import PPOConfig, PPOTrainer
 from rlhf.rollout import ends_with_eos, forward_logprobs, response_mask_from_ids, sample
 
-LEARN_STEPS, LEARN_LR, LEARN_MARGIN = 30, 2e-4, 0.15  # measured: see the README (SmolLM2 section)
+# measured 2026-12-02 (2 cores): held-out success 0.188 -> 0.771 in 30 steps, 3.5 min; the margin leaves room for
+# another CPU's float kernels
+LEARN_STEPS, LEARN_LR, LEARN_MARGIN = 30, 2e-4, 0.3
 CHAT = [
     [{"role": "user", "content": q}] for q in ("Say hello in three words.", "Name a colour.", "What is 2+2?")
 ]
