@@ -840,7 +840,7 @@ class PPOTrainer:
         row["generated_tokens"] = row["generated_tokens"] * acc.num_processes
         row["tokens_per_s"] = round(row["generated_tokens"] / max(row["time/step"], 1e-9), 2)
         row["kl_coef"] = self.kl_ctl.value
-        row["lr"] = self.schedulers[0].get_last_lr()[0]
+        row["learning_rate"] = self.schedulers[0].get_last_lr()[0]
         return row
 
     # ------------------------------------------------------------------------------------------------------
