@@ -171,6 +171,15 @@ class _PreallocatedLayer(DynamicLayer):
             self.values = self._value_buffer[:, :, : self.length]
 
 
+def distinct_prompts(
+    query_ids: torch.Tensor, query_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(distinct rows of [ids | mask], each row's index into them), or None when no prompt repeats. Rows are equal
+    in ids *and* mask: with PAD == EOS, equal ids alone could differ in padding."""
+    distinct, inverse = torch.unique(torch.cat([query_ids, query_mask.long()], 1), dim=0, return_inverse=True)
+    return None if len(distinct) == len(query_ids) else (distinct, inverse)
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -218,14 +227,9 @@ def sample(
     response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    # a prompt's rows are equal in ids *and* mask (with PAD == EOS, equal ids alone could differ in padding)
-    inverse = None
-    if share_prompts and all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers):
-        distinct, inverse = torch.unique(
-            torch.cat([query_ids, query_mask.long()], 1), dim=0, return_inverse=True
-        )
-        if len(distinct) == batch:
-            inverse = None
+    plain_layers = all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers)
+    shared = distinct_prompts(query_ids, query_mask) if share_prompts and plain_layers else None
+    distinct, inverse = shared or (None, None)
     if inverse is None:
         prefill_ids, prefill_mask, prefill_positions = query_ids, query_mask, position_ids
     else:
@@ -444,9 +448,10 @@ def shared_prompt_logits(
     the first response token), then one pass over the responses alone. None when no prompt repeats, or when a
     cache cannot be used: activation checkpointing in training mode (transformers then turns the cache off), or
     cache layers other than plain full attention."""
-    distinct, inverse = torch.unique(torch.cat([query_ids, query_mask.long()], 1), dim=0, return_inverse=True)
-    if len(distinct) == len(query_ids):
+    shared = distinct_prompts(query_ids, query_mask)
+    if shared is None:
         return None
+    distinct, inverse = shared
     inner = _inner_model(model)
     # transformers 5.2x renamed is_gradient_checkpointing (the old name warns)
     checkpointing = getattr(

@@ -494,13 +494,14 @@ class PPOTrainer:
                     completions += self.tokenizer.batch_decode(samples.response_ids, skip_special_tokens=True)
                     lengths.append(samples.response_mask.sum(1).float())
                     eos_flags.append(ends_with_eos(samples.response_ids, samples.response_mask, eos))
+        lengths, ended = torch.cat(lengths), torch.cat(eos_flags)
         scores = score(
             self.reward_funcs,
             self.reward_weights,
             [prompts[i] for i in mine],
             completions,
             {k: [v[i] for i in mine] for k, v in columns.items()},
-            torch.cat(eos_flags),
+            ended,
             args.missing_eos_penalty,
             prompt_indices=mine,
             timeout=args.reward_timeout,
@@ -511,8 +512,8 @@ class PPOTrainer:
             [
                 scores.total.float(),
                 *scores.raw.float(),
-                torch.cat(lengths),
-                torch.cat(eos_flags).float(),
+                lengths,
+                ended.float(),
                 (torch.arange(per_rank) < n_valid).float(),
             ],
             dim=1,
@@ -539,7 +540,7 @@ class PPOTrainer:
                     "completion": completions[i],
                     **{f"reward/{n}": float(scores.raw[j, i]) for j, n in enumerate(self.reward_names)},
                     "reward": float(scores.total[i]),
-                    "length": int(torch.cat(lengths)[i]),
+                    "length": int(lengths[i]),
                     "ended_with_eos": bool(scores.ended_with_eos[i]),
                 }
                 for i in range(n_valid)
