@@ -25,6 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from classic.cli import parse_config_or_exit
 from recipes.common import end_distributed, load_dataset_checked, require_columns
 from rlhf.hub import load_model_config
+from rlhf.models import trainer_checkpointing_arg
 
 
 @dataclass(kw_only=True)
@@ -116,7 +117,7 @@ def main(cfg: RewardRecipeConfig) -> None:
         max_length=cfg.max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **trainer_checkpointing_arg(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,

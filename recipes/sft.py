@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from classic.cli import parse_config_or_exit
 from recipes.common import end_distributed, load_dataset_checked, require_columns
 from rlhf.hub import load_model_config
-from rlhf.models import ensure_pad_token
+from rlhf.models import ensure_pad_token, trainer_checkpointing_arg
 
 
 @dataclass(kw_only=True)
@@ -105,7 +105,7 @@ def main(cfg: SFTRecipeConfig) -> None:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **trainer_checkpointing_arg(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,

@@ -21,8 +21,13 @@ def load_model_config(
     name_or_path: str, field: str = "model_name_or_path", trust_remote_code: bool = False
 ) -> PretrainedConfig:
     """Load the config of a Hub id or local path, raising an error that names `field` and says what to do:
-    a missing local directory, a directory without config.json, or a Hub id that cannot be reached (offline)."""
+    a missing local directory, a directory without config.json, or a Hub id that cannot be reached (offline).
+    A GGUF file's config is read from its metadata (rlhf/gguf.py)."""
     path = Path(name_or_path).expanduser()
+    if str(path).lower().endswith(".gguf"):
+        from rlhf.gguf import load_gguf_config
+
+        return load_gguf_config(path, field=field)
     if path.exists():
         if path.is_dir() and not (path / "config.json").is_file():
             raise FileNotFoundError(

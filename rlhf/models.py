@@ -49,6 +49,17 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def trainer_checkpointing_arg(on: bool) -> dict[str, bool]:
+    """The `TrainingArguments` keyword that turns activation checkpointing on or off: transformers 5.2x renamed
+    `gradient_checkpointing` to `activation_checkpointing` and warns on the old name; older versions know only it."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on
+    }
+
+
 def fuse_activations(model: nn.Module) -> int:
     """Swap composed tanh-GELU modules (GPT-2's `gelu_new`, `gelu_fast`) for torch's one-kernel
     `gelu(approximate="tanh")`: the same function to float rounding (transformers documents them as equivalent),

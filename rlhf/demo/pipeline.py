@@ -191,8 +191,15 @@ def model_sources(cfg: DemoConfig, run: RunDir) -> dict[str, str]:
 def validate_sources(cfg: DemoConfig, run: RunDir, todo: list[str]) -> None:
     """Every model given on the command line, and every earlier stage's output a stage needs, must load, checked
     before any training starts (rlhf.hub gives the clear message for missing paths / unreachable Hub ids)."""
+    from rlhf.gguf import is_gguf
     from rlhf.hub import load_model_config
 
+    for name in ("sft_model", "reward_model"):
+        if is_gguf(getattr(cfg, name)):
+            raise ValueError(
+                f"{name}={getattr(cfg, name)!r}: a GGUF file is taken as --base_model only; convert it to a "
+                "folder first (python -m rlhf.gguf FILE OUT) and pass the folder"
+            )
     for name in ("base_model", "sft_model", "reward_model"):
         if getattr(cfg, name):
             load_model_config(getattr(cfg, name), field=name)
@@ -231,7 +238,7 @@ def run_sft(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
     )
     n_params = sum(p.numel() for p in model.parameters())
     log(
-        f"[data] {len(texts)} reviews, tokenizer vocab {len(tokenizer)} (PAD {tokenizer.pad_token_id} != EOS "
+        f"[data] {len(texts)} reviews, tokenizer vocab {len(tokenizer)} (PAD {tokenizer.pad_token_id}, EOS "
         f"{tokenizer.eos_token_id}), policy {n_params / 1e6:.2f}M parameters"
     )
     out = run.stage("sft")

@@ -21,7 +21,8 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from classic.runlog import MetricsWriter
-from rlhf.models import ensure_pad_token
+from rlhf.gguf import is_gguf, load_gguf, load_gguf_tokenizer
+from rlhf.models import ensure_pad_token, trainer_checkpointing_arg
 from rlhf.rewards import RewardModel
 from rlhf.tiny import build_causal_lm, build_tokenizer
 
@@ -61,8 +62,8 @@ def _quiet(trainer: Any, bar: StageBar) -> None:
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
-    """PAD distinct from EOS (added if missing), left padding for generation, and the ids in the model's
-    generation config so `pipeline("text-generation")` stops at EOS and pads with PAD."""
+    """A PAD id (EOS when the tokenizer has none: no token added, no embedding resized), left padding for
+    generation, and the ids in the model's generation config so `pipeline("text-generation")` stops at EOS."""
     ensure_pad_token(tokenizer, model)
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -73,8 +74,12 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
 def build_base_model(
     texts: list[str], base_model: str, vocab_size: int, seed: int, **model_kwargs: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A tiny GPT-2 with a BPE tokenizer trained on `texts`, or `base_model` (Hub id or path) and its tokenizer."""
-    if base_model:
+    """A tiny GPT-2 with a BPE tokenizer trained on `texts`, or `base_model` (Hub id, folder or GGUF file, which
+    is de-quantised to fp32 by rlhf.gguf) and its tokenizer."""
+    if is_gguf(base_model):
+        tokenizer = load_gguf_tokenizer(base_model, field="base_model")
+        model = load_gguf(base_model, field="base_model")
+    elif base_model:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         model = AutoModelForCausalLM.from_pretrained(base_model)
     else:
@@ -103,7 +108,7 @@ def _trl_common(cfg: Any, output_dir: Path, steps: int, batch_size: int, lr: flo
         disable_tqdm=True,
         dataloader_num_workers=0,
         # TRL turns activation checkpointing on by default; for a tiny model it only adds a third forward pass
-        gradient_checkpointing=False,
+        **trainer_checkpointing_arg(False),
     )
 
 

