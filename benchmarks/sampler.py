@@ -72,10 +72,11 @@ QUESTIONS = [
 
 
 def build_real(
-    directory: str, batch: int, group: int
+    directory: str, batch: int, group: int, stop_at_eos: bool = False
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int, int]:
     """A saved causal LM and `batch` left-padded chat prompts, each distinct prompt `group` times in a row (a
-    GRPO rollout); returns model, ids, mask, pad id, stop id."""
+    GRPO rollout); returns model, ids, mask, pad id, stop id (the model's EOS with `stop_at_eos`, else a token
+    it never samples, so that every row runs the full length)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -89,8 +90,8 @@ def build_real(
         for i in range(batch)
     ]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    never = model.config.vocab_size - 1  # a token the model does not sample: every row runs the full length
-    return model, enc.input_ids, enc.attention_mask, tokenizer.pad_token_id, never
+    stop = tokenizer.eos_token_id if stop_at_eos else model.config.vocab_size - 1  # the last: never sampled
+    return model, enc.input_ids, enc.attention_mask, tokenizer.pad_token_id, stop
 
 
 def main() -> None:
@@ -103,6 +104,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="--model: new tokens per row")
     parser.add_argument("--group", type=int, default=8, help="--model: rows per distinct prompt (GRPO group)")
     parser.add_argument(
+        "--eos",
+        action="store_true",
+        help="--model: stop rows at the model's EOS (they end at different steps) instead of the full length",
+    )
+    parser.add_argument(
         "--no-fuse",
         action="store_true",
         help="keep GPT-2's composed gelu_new (the trainer fuses it by default)",
@@ -112,7 +118,7 @@ def main() -> None:
     size = QUICK if args.quick else FULL
     pad, eos = PAD, EOS
     if args.model:
-        model, query_ids, query_mask, pad, eos = build_real(args.model, args.batch, args.group)
+        model, query_ids, query_mask, pad, eos = build_real(args.model, args.batch, args.group, args.eos)
         size = dict(size, batch=args.batch, new_tokens=args.new_tokens)
     else:
         model, query_ids, query_mask = build(size, fused=not args.no_fuse)
@@ -138,7 +144,15 @@ def main() -> None:
     def run_sample_unshared() -> torch.Tensor:
         return sample(model, query_ids, query_mask, new, 1.0, eos, pad, share_prompts=False)[0]
 
-    runs = {"sample": run_sample, "unshared": run_sample_unshared, "generate": run_generate}
+    def run_sample_kept() -> torch.Tensor:
+        return sample(model, query_ids, query_mask, new, 1.0, eos, pad, drop_finished=False)[0]
+
+    runs = {
+        "sample": run_sample,
+        "kept": run_sample_kept,
+        "unshared": run_sample_unshared,
+        "generate": run_generate,
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     lengths: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -176,6 +190,10 @@ def main() -> None:
         print(f"{name:10}{seconds:>10.3f}{tokens / seconds:>10.0f}{gflops:>10.1f}{length:>10.1f}")
     distinct = len(torch.unique(torch.cat([query_ids, query_mask], 1), dim=0))
     print(f"ratio sample / generate: {medians['sample'] / medians['generate']:.2f}")
+    print(
+        f"ratio kept / generate: {medians['kept'] / medians['generate']:.2f} (sample with finished rows decoded "
+        "to the end, as generate does)"
+    )
     print(
         f"ratio unshared / generate: {medians['unshared'] / medians['generate']:.2f} (sample without prompt "
         f"sharing; {distinct} distinct prompts in {size['batch']} rows)"

@@ -123,16 +123,25 @@ def lean_sampling_supported(
     )
 
 
-def draw_tokens(probs: torch.Tensor) -> torch.Tensor:
+def _cdf_dtype(device: torch.device) -> torch.dtype:
+    # float64: no drift over a 150k vocabulary (MPS has no float64; float32 there)
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def draw_tokens(probs: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of `probs` (batch, vocab) by inverse-CDF sampling: a single uniform number per row
     against the row's cumulative sum. Same distribution as `torch.multinomial(probs, 1)`, which draws one
     exponential number per vocabulary entry (64 x 8192 of them per decode step took as long as the model's
     forward on a 10M-parameter GPT-2). Tokens with probability 0 are never drawn: the search returns the first
-    index whose cumulative sum is strictly above `u`, and `u` is strictly below the row total."""
-    # float64: no drift over a 150k vocabulary (MPS has no float64; float32 there)
-    dtype = torch.float32 if probs.device.type == "mps" else torch.float64
+    index whose cumulative sum is strictly above `u`, and `u` is strictly below the row total.
+
+    uniform: the rows' U[0, 1) numbers (batch, 1), drawn here when None; `sample` draws them for the whole batch
+    every step, so dropping finished rows does not shift the random stream of the others."""
+    dtype = _cdf_dtype(probs.device)
     cdf = probs.to(dtype).cumsum(dim=-1)
-    u = torch.rand(probs.shape[0], 1, dtype=dtype, device=probs.device) * cdf[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], 1, dtype=dtype, device=probs.device)
+    u = uniform.to(dtype) * cdf[:, -1:]
     # the clamp only matters for a non-finite row (NaN logits), which `sample` reports after the loop
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
@@ -190,6 +199,7 @@ def sample(
     eos_token_id: int | list[int],
     pad_token_id: int,
     share_prompts: bool = True,
+    drop_finished: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling with a KV cache: what `model.generate(do_sample=True)` does (float32 softmax at
     `temperature` (0 = greedy), PAD fed to finished rows, attention mask extended with ones, stop when every row
@@ -201,6 +211,11 @@ def sample(
     share_prompts: a batch that repeats prompts (GRPO / RLOO groups: num_generations rows per prompt) runs the
     prefill once per distinct prompt and copies its KV cache to the prompt's rows; the same numbers up to float
     rounding (matmuls over fewer rows), and most of a grouped rollout's prefill work saved.
+
+    drop_finished: finished rows leave the batch: once an eighth of the rows still decoding have emitted EOS, they are dropped
+    from the batch and its KV cache (one copy of the cache, so not at every single EOS), instead of being fed PAD
+    to the end as `generate` does. The random numbers are drawn for the whole batch every step, so which rows were
+    dropped, and when, does not change what the others sample.
 
     Returns (response_ids, logprobs), both (batch, response_len); response_len <= max_new_tokens (the loop stops
     when every row has emitted EOS, as `generate` does). Entries after a row's EOS are PAD and log-prob 0.
@@ -226,7 +241,8 @@ def sample(
     cache = {cache_kwarg: kv_cache}
     response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    rows = torch.arange(batch, device=device)  # the batch rows still in the forward passes (and in the cache)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # over `rows`
     plain_layers = all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers)
     shared = distinct_prompts(query_ids, query_mask) if share_prompts and plain_layers else None
     distinct, inverse = shared or (None, None)
@@ -255,14 +271,24 @@ def sample(
             scores = scores / temperature
         token_logprobs = torch.log_softmax(scores, dim=-1)
         # temperature 0: greedy decoding (evaluation); the log-probs are then those at temperature 1
-        next_ids = scores.argmax(-1) if temperature == 0 else draw_tokens(token_logprobs.exp())
+        if temperature == 0:
+            next_ids = scores.argmax(-1)
+        else:
+            uniform = torch.rand(batch, 1, dtype=_cdf_dtype(device), device=device)
+            next_ids = draw_tokens(token_logprobs.exp(), uniform[rows])
         next_ids = torch.where(unfinished, next_ids, pad_token_id)
-        response_ids[:, t] = next_ids
-        logprobs[:, t] = token_logprobs.gather(1, next_ids[:, None]).squeeze(1) * unfinished
+        response_ids[rows, t] = next_ids
+        logprobs[rows, t] = token_logprobs.gather(1, next_ids[:, None]).squeeze(1) * unfinished
         unfinished &= ~torch.isin(next_ids, eos_ids)
-        if t == max_new_tokens - 1 or not unfinished.any():
+        finished = int((~unfinished).sum())  # the step's one device sync
+        if t == max_new_tokens - 1 or finished == len(rows):
             length = t + 1
             break
+        if drop_finished and plain_layers and finished * 8 >= len(rows):
+            keep = unfinished.nonzero().squeeze(1)
+            rows, next_ids, position_ids = rows[keep], next_ids[keep], position_ids[keep]
+            attention_mask, unfinished = attention_mask[keep], unfinished[keep]
+            kv_cache.batch_select_indices(keep)
         position_ids = position_ids + 1
         logits = model(
             input_ids=next_ids[:, None],

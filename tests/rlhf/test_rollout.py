@@ -131,6 +131,37 @@ def test_draw_tokens_follows_the_distribution_and_never_draws_a_zero_probability
     assert torch.equal(scaled, draws)
 
 
+def test_finished_rows_leave_the_batch_without_changing_any_sample(tokenizer, sft_policy):
+    """Rows that emitted EOS are dropped from the decode batch and its KV cache (here at the first EOS: 1 of 8
+    rows is an eighth); the other rows draw the same random numbers, so the tokens are those of decoding every
+    row to the end and the log-probs agree to float rounding."""
+    query_ids, query_mask = left_padded(tokenizer)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    decode_rows = []
+    hook = sft_policy.register_forward_pre_hook(
+        lambda module, args, kwargs: decode_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    runs = {}
+    for drop in (True, False):
+        decode_rows.clear()
+        torch.manual_seed(11)
+        ids, logprobs = sample(sft_policy, query_ids, query_mask, 24, 1.0, eos, pad, drop_finished=drop)
+        runs[drop] = ids, logprobs, list(decode_rows[1:])  # decode steps (the prefill is call 0)
+    hook.remove()
+    (dropped_ids, dropped_lp, dropped_rows), (kept_ids, kept_lp, kept_rows) = runs[True], runs[False]
+    mask = response_mask_from_ids(kept_ids, eos)
+    lengths = mask.sum(1)
+    assert lengths.min() < lengths.max() - 2  # rows end at different steps
+    assert torch.equal(dropped_ids, kept_ids)
+    torch.testing.assert_close(dropped_lp, kept_lp, atol=1e-5, rtol=0)
+    assert set(kept_rows) == {8}
+    # each decode step runs exactly the rows that have not ended before it
+    assert dropped_rows == [int((lengths > t).sum()) for t in range(1, len(kept_rows) + 1)]
+    with torch.no_grad():
+        full, _ = forward_logprobs(sft_policy, query_ids, query_mask, dropped_ids, mask, 1.0)
+    torch.testing.assert_close(dropped_lp, full * mask, atol=1e-4, rtol=0)
+
+
 def test_sample_stops_when_every_row_has_ended(tokenizer, policy):
     query_ids, query_mask = left_padded(tokenizer)
     eos = tokenizer.eos_token_id
