@@ -17,8 +17,8 @@ from recipes.sft import SFTRecipeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_CLASSES = {"ppo.py": PPORecipeConfig, "sft.py": SFTRecipeConfig, "reward_model.py": RewardRecipeConfig}
-# recipes/demo.yaml belongs to the offline demo (rlhf-demo), not to these scripts
-RECIPE_YAMLS = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name != "demo.yaml")
+# recipes/demo*.yaml belong to the offline demo (rlhf-demo, tests/rlhf/test_demo.py), not to these scripts
+RECIPE_YAMLS = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("demo"))
 LAUNCH = re.compile(
     r"^# accelerate launch --config_file (recipes/accelerate/\S+\.yaml) (recipes/\S+\.py) --config (recipes/\S+\.yaml)$"
 )

@@ -66,6 +66,11 @@ def test_corpus_is_seeded_and_prompts_are_held_out():
 
 def test_shipped_yaml_equals_the_defaults():
     assert parse_config(DemoConfig, ["--config", str(REPO / "recipes" / "demo.yaml")]) == DemoConfig()
+    # the real-model config loads too; its first lines are how to launch it
+    path = REPO / "recipes" / "demo_smollm2.yaml"
+    cfg = parse_config(DemoConfig, ["--config", str(path)])
+    assert cfg.output_dir == "runs/demo_smollm2" and cfg.base_model == "" and cfg.sft_learning_rate == 5e-5
+    assert "rlhf-demo --config recipes/demo_smollm2.yaml" in path.read_text()
 
 
 @pytest.fixture(scope="module")
