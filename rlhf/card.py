@@ -57,6 +57,7 @@ def model_card(
     engine: str = "ddp",
     model_name: str | None = None,
     load_from: str = "path/to/this/folder",
+    weights_from: str | None = None,
 ) -> str:
     """The card's text. `rows` are the run's metrics.jsonl rows (training steps and, with eval, eval/* keys)."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -122,6 +123,12 @@ def model_card(
         ]
     if best is not None:
         lines += [f"Best checkpoint by `{args.metric_for_best_model}`: `{best[0]}` ({_fmt(best[1])}).", ""]
+    if weights_from is not None:
+        lines += [
+            f"The weights in this folder are `{weights_from}`'s, loaded after the last step "
+            "(`load_best_model_at_end`), not the last step's.",
+            "",
+        ]
     if plots:
         lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     load = (

@@ -200,6 +200,13 @@ class PPOConfig:
         default=None,
         metadata={"help": "direction of metric_for_best_model; None = True unless the name ends in 'loss'"},
     )
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": "after the last step, load the best checkpoint (by metric_for_best_model) into the trainer, "
+            "so that save_model saves the best weights rather than the last (HF Trainer's option)"
+        },
+    )
 
     # --- running -------------------------------------------------------------------------------------------
     logging_steps: int = field(default=1, metadata={"help": "write metrics every N steps"})
@@ -362,6 +369,11 @@ class PPOConfig:
                     f"PPOConfig.metric_for_best_model={self.metric_for_best_model!r} needs evaluations: set "
                     "eval_steps > 0 (and pass an eval_dataset)"
                 )
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            raise ValueError(
+                "PPOConfig.load_best_model_at_end needs metric_for_best_model (e.g. 'eval/reward') to pick the "
+                "best checkpoint"
+            )
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
 

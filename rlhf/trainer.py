@@ -185,6 +185,7 @@ class PPOTrainer:
             )
         self.best_metric: float | None = None
         self.best_checkpoint: str | None = None  # its directory name in output_dir
+        self.loaded_checkpoint: str | None = None  # set by load_best_model: the weights are that checkpoint's
 
         # --- optimisers, accelerate ---------------------------------------------------------------------
         opt_cls, opt_kwargs = optimizer_cls_and_kwargs or (
@@ -778,6 +779,8 @@ class PPOTrainer:
                 with self.watchdog.phase("checkpoint"):
                     self.save_checkpoint()
         bar.close()
+        if args.load_best_model_at_end:
+            self.load_best_model()
         if writer is not None:
             writer.close()
             if args.plot_metrics and history:
@@ -876,6 +879,21 @@ class PPOTrainer:
             keep=self.best_checkpoint,
         )
 
+    def load_best_model(self) -> str | None:
+        """The best checkpoint's policy (and critic) weights, optimizer and scheduler states into the trainer, so
+        that save_model, evaluate and generate_samples use them; the step count stays that of the last step.
+        Returns the checkpoint's name, or None when there is none or the last step is the best."""
+        best = self.best_checkpoint
+        if best is None or best == f"{ckpt_io.PREFIX}{self.step}":
+            return None
+        trained, schedulers = self._checkpoint_parts()
+        rng = ckpt_io.rng_state()  # the checkpoint's RNG state is for resuming, not for what comes after
+        ckpt_io.load_checkpoint(self.accelerator, Path(self.args.output_dir) / best, trained, schedulers)
+        ckpt_io.set_rng_state(rng)
+        self.generator.sync_weights(self.accelerator.unwrap_model(self.policy))
+        self.loaded_checkpoint = best
+        return best
+
     def _resume(self, path: Path) -> None:
         trained, schedulers = self._checkpoint_parts()
         state = ckpt_io.load_checkpoint(self.accelerator, path, trained, schedulers)
@@ -945,6 +963,7 @@ class PPOTrainer:
             engines.engine_name(self.accelerator),
             model_name=output_dir.resolve().name,
             load_from=self.hub_model_id if self.args.push_to_hub else str(output_dir),
+            weights_from=self.loaded_checkpoint,
         )
         (output_dir / "README.md").write_text(text)
         return output_dir / "README.md"

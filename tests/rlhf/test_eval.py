@@ -173,6 +173,46 @@ def test_best_checkpoint_survives_rotation_and_resume(
     assert [c.name for c in ckpt_io.list_checkpoints(out)] == [f"checkpoint-{best}", "checkpoint-7"]
 
 
+def test_load_best_model_at_end_saves_the_best_checkpoints_weights(tmp_path, tokenizer, sft_policy):
+    """Scripted eval values 1, 5, 2, 3, 4: the best is step 2, so after 5 steps the trainer holds checkpoint-2's
+    policy, save_model writes it, and the card says where the weights come from."""
+    from rlhf import PPOConfig
+
+    judge = Scripted([1.0, 5.0, 2.0, 3.0, 4.0])
+    trainer = PPOTrainer(
+        sft_policy,
+        [completion_chars, judge],
+        small_config(
+            tmp_path,
+            max_steps=5,
+            eval_steps=1,
+            save_steps=0,
+            save_total_limit=1,
+            reward_weights=[1.0, 0.0],
+            metric_for_best_model="reward/judge",
+            load_best_model_at_end=True,
+        ),
+        dataset(),
+        eval_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    out = tmp_path / "run"
+    best = load_file(out / "checkpoint-2" / "policy.safetensors")
+    last = load_file(out / "checkpoint-5" / "policy.safetensors")
+    assert not torch.equal(best["transformer.wte.weight"], last["transformer.wte.weight"])
+    held = dict(trainer.accelerator.unwrap_model(trainer.policy).named_parameters())
+    for name, weight in best.items():
+        assert torch.equal(held[name].detach(), weight), name
+    assert trainer.step == 5 and trainer.loaded_checkpoint == "checkpoint-2"
+    trainer.save_model(tmp_path / "final")
+    saved = load_file(tmp_path / "final" / "model.safetensors")
+    assert torch.equal(saved["transformer.wte.weight"], best["transformer.wte.weight"])
+    assert "weights in this folder are `checkpoint-2`'s" in (tmp_path / "final" / "README.md").read_text()
+    with pytest.raises(ValueError, match="load_best_model_at_end needs metric_for_best_model"):
+        PPOConfig(eval_steps=1, load_best_model_at_end=True)
+
+
 def test_eval_configuration_errors(tmp_path, tokenizer, policy):
     from rlhf import PPOConfig
 
