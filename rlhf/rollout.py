@@ -202,20 +202,19 @@ def sample(
     drop_finished: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling with a KV cache: what `model.generate(do_sample=True)` does (float32 softmax at
-    `temperature` (0 = greedy), PAD fed to finished rows, attention mask extended with ones, stop when every row
-    has ended)
-    without its per-step machinery, with a preallocated cache and inverse-CDF draws (`draw_tokens`), returning
-    the log-prob of each sampled token at `temperature`, so the rollout needs no separate forward pass for the
-    behaviour policy's log-probs.
+    `temperature` (0 = greedy), attention mask extended with ones, stop when every row has ended) without its
+    per-step machinery, with a preallocated cache and inverse-CDF draws (`draw_tokens`), returning the log-prob
+    of each sampled token at `temperature`, so the rollout needs no separate forward pass for the behaviour
+    policy's log-probs.
 
     share_prompts: a batch that repeats prompts (GRPO / RLOO groups: num_generations rows per prompt) runs the
     prefill once per distinct prompt and copies its KV cache to the prompt's rows; the same numbers up to float
     rounding (matmuls over fewer rows), and most of a grouped rollout's prefill work saved.
 
-    drop_finished: finished rows leave the batch: once an eighth of the rows still decoding have emitted EOS, they are dropped
-    from the batch and its KV cache (one copy of the cache, so not at every single EOS), instead of being fed PAD
-    to the end as `generate` does. The random numbers are drawn for the whole batch every step, so which rows were
-    dropped, and when, does not change what the others sample.
+    drop_finished: once an eighth of the rows still decoding have emitted EOS, the finished ones leave the batch
+    and its KV cache (one copy of the cache per drop, not one per EOS), instead of being fed PAD to the end as
+    `generate` does. The random numbers are drawn for the whole batch every step, so which rows were dropped,
+    and when, does not change what the others sample.
 
     Returns (response_ids, logprobs), both (batch, response_len); response_len <= max_new_tokens (the loop stops
     when every row has emitted EOS, as `generate` does). Entries after a row's EOS are PAD and log-prob 0.
