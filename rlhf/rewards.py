@@ -14,6 +14,7 @@ import concurrent.futures
 import inspect
 import math
 import numbers
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,17 +168,27 @@ def _is_async(func: Callable) -> bool:
 
 
 def _call(func: Callable, kwargs: dict[str, Any], timeout: float | None) -> Any:
-    """A plain reward function, stopped waiting for after `timeout` seconds (its thread cannot be killed: it is
-    left to finish on its own, the step fails now)."""
+    """A plain reward function, stopped waiting for after `timeout` seconds. Its thread cannot be killed, so it
+    runs as a daemon thread: left to finish on its own, never joined at interpreter exit (a
+    ThreadPoolExecutor's worker would be, and a function that never returns would keep the process alive)."""
     if timeout is None:
         return func(**kwargs)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(func, **kwargs).result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        raise TimeoutError(f"did not return within reward_timeout={timeout:g} s") from None
-    finally:
-        pool.shutdown(wait=False)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = func(**kwargs)
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name=f"reward:{reward_name(func)}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"did not return within reward_timeout={timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _call_async(funcs: Sequence[Callable], kwargs: dict[str, Any], timeout: float | None) -> list[Any]:

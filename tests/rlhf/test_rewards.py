@@ -1,7 +1,11 @@
 """Reward functions as TRL users write them: numpy and tensor outputs, async functions, a timeout."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +84,66 @@ def test_a_hung_reward_function_times_out_with_its_name(kind):
     ):
         run([func], timeout=0.2)
     assert time.perf_counter() - t0 < 1.5
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# a reward function that never returns, behind a 1 s timeout; the script then lets the error end the process
+_HUNG_SCORE = """
+import time
+from rlhf.rewards import compute_rewards
+
+def never_returns(prompts, completions, **kw):
+    time.sleep(10**6)
+
+print("calling", flush=True)
+compute_rewards([never_returns], ["p"], ["a"], {}, timeout=1)
+"""
+
+_HUNG_TRAIN = """
+import sys, time
+import datasets, torch
+from rlhf import PPOConfig, PPOTrainer
+from rlhf.tiny import build_causal_lm, build_tokenizer
+
+torch.set_num_threads(1)
+tokenizer = build_tokenizer(["the cat sat on the mat", "a dog ran in the park"] * 20, vocab_size=300)
+
+def never_returns(prompts, completions, **columns):
+    time.sleep(10**6)
+
+args = PPOConfig(
+    output_dir=sys.argv[1], max_steps=2, rollout_batch_size=2, mini_batch_size=2, micro_batch_size=2,
+    max_new_tokens=4, advantage_estimator="reinforce_pp", reward_timeout=1, disable_tqdm=True,
+    plot_metrics=False,
+)
+dataset = datasets.Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
+PPOTrainer(build_causal_lm(tokenizer), never_returns, args, dataset, processing_class=tokenizer).train()
+"""
+
+
+def _run_script(script, *argv, timeout):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *argv], env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"the process did not exit within {timeout} s of starting (stderr: {err.stderr!r})")
+    return proc, time.perf_counter() - t0
+
+
+def test_a_hung_sync_reward_function_does_not_keep_the_process_alive():
+    """The timed-out call's thread is never joined at interpreter exit: the process ends with the error."""
+    proc, elapsed = _run_script(_HUNG_SCORE, timeout=60)
+    assert proc.returncode != 0
+    assert "did not return within reward_timeout=1 s" in proc.stderr
+    assert elapsed < 45, elapsed
+
+
+def test_a_training_run_with_a_hung_reward_function_stops_at_the_timeout(tmp_path):
+    proc, elapsed = _run_script(_HUNG_TRAIN, str(tmp_path / "run"), timeout=120)
+    assert proc.returncode != 0
+    expected = "reward function 'never_returns' raised TimeoutError: did not return within reward_timeout=1 s"
+    assert expected in proc.stderr
