@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import math
 import numbers
@@ -125,7 +126,26 @@ def load_reward_model(
 
 
 def reward_name(func: Callable) -> str:
-    return getattr(func, "__name__", type(func).__name__)
+    """A reward function's own name: `__name__`, else its class's (a functools.partial: the wrapped function's)."""
+    name = getattr(func, "__name__", None)
+    if name is None and isinstance(func, functools.partial):
+        return reward_name(func.func)
+    return name if isinstance(name, str) and name else type(func).__name__
+
+
+def reward_names(funcs: Sequence[Callable]) -> list[str]:
+    """One distinct name per reward function, for the `reward/<name>` metrics: `reward_name`, and where two
+    share one (two lambdas, two partials of one function), `<name>_2`, `<name>_3`, ... in list order, so no
+    metric overwrites another's."""
+    names: list[str] = []
+    for func in funcs:
+        base = name = reward_name(func)
+        n = 1
+        while name in names:
+            n += 1
+            name = f"{base}_{n}"
+        names.append(name)
+    return names
 
 
 def check_rewards(

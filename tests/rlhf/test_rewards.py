@@ -1,6 +1,7 @@
 """Reward functions as TRL users write them: numpy and tensor outputs, async functions, a timeout."""
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf.rewards import compute_rewards
+from rlhf.rewards import compute_rewards, reward_names
 
 PROMPTS, COMPLETIONS = ["p", "q", "r"], ["a", "bb", "ccc"]
 
@@ -147,3 +148,37 @@ def test_a_training_run_with_a_hung_reward_function_stops_at_the_timeout(tmp_pat
     assert proc.returncode != 0
     expected = "reward function 'never_returns' raised TimeoutError: did not return within reward_timeout=1 s"
     assert expected in proc.stderr
+
+
+def _length(prompts, completions, scale=1.0, **kw):
+    return [scale * len(c) for c in completions]
+
+
+def test_reward_names_are_distinct_so_no_metric_overwrites_another():
+    """Two lambdas, two partials of one function: each gets its own `reward/<name>` key, in list order."""
+    funcs = [
+        lambda prompts, completions, **kw: [0.0] * len(completions),
+        functools.partial(_length, scale=2.0),
+        lambda prompts, completions, **kw: [1.0] * len(completions),
+        functools.partial(_length, scale=3.0),
+        _length,
+        lambda prompts, completions, **kw: [2.0] * len(completions),
+    ]
+    assert reward_names(funcs) == [
+        "<lambda>",
+        "_length",
+        "<lambda>_2",
+        "_length_2",
+        "_length_3",
+        "<lambda>_3",
+    ]
+    assert reward_names([_length]) == ["_length"]
+
+
+def test_reward_names_never_reuse_a_name_a_function_already_has():
+    def _length_2(prompts, completions, **kw):
+        return [0.0] * len(completions)
+
+    names = reward_names([_length_2, _length, _length, _length_2])
+    assert len(set(names)) == 4
+    assert names[:2] == ["_length_2", "_length"]
