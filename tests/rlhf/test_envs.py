@@ -1,0 +1,251 @@
+"""Text environments (rlhf.envs): gymnasium's checker, scripted replies with known outcomes, the calculator
+tool, and a classic tabular agent on the very env object a text env wraps."""
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
+from gymnasium.utils.env_checker import check_env
+
+from classic.envs.maze import bfs_distance
+from classic.tabular import value_iteration
+from rlhf.envs import (
+    TEXT_ENVS,
+    CalculatorEnv,
+    TextEnv,
+    check_text_env,
+    make_checkers,
+    make_frozenlake,
+    make_maze,
+    make_taxi,
+    make_text_env,
+    safe_eval,
+    word_parser,
+)
+from rlhf.envs.games import GRID_MOVES, TAXI_MOVES
+
+OPTIMAL_4X4 = [
+    "down",
+    "down",
+    "right",
+    "right",
+    "down",
+    "right",
+]  # S at (0,0) to G at (3,3), around the holes
+
+
+def play(env, replies):
+    """Step `replies` in order; returns the lists of (obs, reward, terminated, truncated, info) per step."""
+    return [env.step(reply) for reply in replies]
+
+
+def play_policy(env, policy, words, seed=0, max_steps=100):
+    """Greedy text episode: the tabular policy's action, written as its word, for each state of env.unwrapped."""
+    env.reset(seed=seed)
+    total, steps, done = 0.0, 0, False
+    while not done and steps < max_steps:
+        _, reward, terminated, truncated, info = env.step(words[policy[env.unwrapped.s]])
+        total, steps, done = total + reward, steps + 1, terminated or truncated
+    return total, steps, terminated, info
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_ENVS))
+def test_every_text_env_passes_check_env(name):
+    env = make_text_env(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    # the one warning expected: check_env prefers an unwrapped env, and TextEnv is a wrapper by design
+    others = [str(w.message) for w in caught if "different from the unwrapped" not in str(w.message)]
+    assert others == []
+    check_text_env(env)
+    obs, info = env.reset(seed=3)
+    assert obs in env.observation_space and info["system_prompt"]
+    assert env.reset(seed=3)[0] == obs  # deterministic given the seed
+    _, _, _, _, step_info = env.step("no move here")
+    assert step_info["invalid_action"] is True and step_info["success"] is False
+
+
+def test_unwrapped_is_the_inner_env_and_value_iteration_solves_it():
+    inner = gym.make("FrozenLake-v1", is_slippery=False)
+    text_env = TextEnv(inner, lambda env, obs: str(obs), word_parser(GRID_MOVES), "rules")
+    assert text_env.env is inner and text_env.unwrapped is inner.unwrapped
+
+    env = make_frozenlake(size=4, is_slippery=False)
+    assert type(env.unwrapped) is FrozenLakeEnv
+    V, policy = value_iteration(env.unwrapped, gamma=0.99)
+    assert V[0] == pytest.approx(0.99**5)  # reward 1 on the 6th move of the shortest path
+    total, steps, terminated, info = play_policy(env, policy, GRID_MOVES)  # the classic policy, through text
+    assert (total, steps, terminated, info["success"]) == (1.0, 6, True, True)
+
+
+def test_frozenlake_scripted_optimal_path():
+    env = make_frozenlake(size=4, is_slippery=False)
+    obs, info = env.reset(seed=0)
+    assert obs.splitlines()[:4] == ["P F F F", "F H F H", "F F F H", "H F F G"]
+    assert obs.endswith("Reply with one of: left, down, right, up.")
+    steps = play(env, OPTIMAL_4X4)
+    assert [r for _, r, _, _, _ in steps] == [0.0] * 5 + [1.0]
+    assert [t for _, _, t, _, _ in steps] == [False] * 5 + [True]
+    assert [i["action"] for *_, i in steps] == [1, 1, 2, 2, 1, 2]
+    assert [i["success"] for *_, i in steps] == [False] * 5 + [True]
+    assert "You reached the goal!" in steps[-1][0] and steps[-1][0].splitlines()[3] == "H F F P"
+    # a hole ends the game without success
+    env.reset(seed=0)
+    obs, reward, terminated, _, info = play(env, ["right", "down"])[-1]
+    assert (reward, terminated, info["success"]) == (0.0, True, False) and "fell into a hole" in obs
+
+
+def test_unparseable_reply_leaves_state_unchanged():
+    env = make_frozenlake(size=4, invalid_penalty=-0.25)
+    env.reset(seed=0)
+    state_text = env.step("down")[0]
+    before = env.unwrapped.s
+    obs, reward, terminated, truncated, info = env.step("I will jump over the hole!")
+    assert (reward, terminated, truncated) == (-0.25, False, False)
+    assert info["invalid_action"] is True and info["action"] is None and info["success"] is False
+    assert env.unwrapped.s == before == 4
+    assert obs.startswith("Your reply could not be read as a move. Reply with one of: left, down, right, up.")
+    assert obs.splitlines()[2:6] == ["S F F F", "P H F H", "F F F H", "H F F G"]  # the same grid again
+    assert obs.endswith("\n\n" + state_text)
+    obs, reward, _, _, info = env.step("DOWN.")  # case-insensitive, and the env moves again
+    assert (env.unwrapped.s, reward, info["invalid_action"]) == (8, 0.0, False)
+
+
+def test_end_on_invalid_and_max_turns():
+    env = make_frozenlake(size=4, end_on_invalid=True)
+    env.reset(seed=0)
+    _, reward, terminated, truncated, info = env.step("???")
+    assert (reward, terminated, truncated, info["invalid_action"]) == (-0.1, True, False, True)
+    env = make_frozenlake(size=4, max_turns=2)
+    env.reset(seed=0)
+    assert [s[3] for s in play(env, ["left", "???"])] == [False, True]  # invalid replies count as turns
+
+
+def test_word_parser_reads_the_last_mention():
+    parse = word_parser(GRID_MOVES)
+    assert parse(None, "Not LEFT: going down") == 1
+    assert parse(None, "up") == 3 and parse(None, " 2. ") == 2
+    assert parse(None, "7") is None and parse(None, "leftover") is None and parse(None, "") is None
+    taxi = word_parser(TAXI_MOVES, aliases={"pick up": "pickup"})
+    assert taxi(None, "Pick up the passenger") == 4
+
+
+def test_taxi_and_maze_solved_by_value_iteration_through_text():
+    taxi = make_taxi()
+    _, policy = value_iteration(taxi.unwrapped, gamma=0.99)
+    total, steps, terminated, info = play_policy(taxi, policy, TAXI_MOVES, seed=0)
+    assert terminated and info["success"] and total == 21 - steps  # -1 per move, +20 on delivery
+    maze = make_maze(size=4, maze_seed=0)
+    _, policy = value_iteration(maze.unwrapped, gamma=1.0)
+    total, steps, terminated, info = play_policy(maze, policy, GRID_MOVES)
+    shortest = bfs_distance(maze.unwrapped.wall, maze.unwrapped.start, maze.unwrapped.goal)
+    assert (total, steps, terminated, info["success"]) == (-shortest, shortest, True, True)
+
+
+def test_checkers_moves_by_number_or_notation():
+    env = make_checkers()
+    obs, _ = env.reset(seed=0)
+    assert "1: b2-a3\n2: b2-c3\n3: d2-c3\n4: d2-e3\n5: f2-e3" in obs
+    board = env.unwrapped.board.copy()
+    _, reward, _, _, info = env.step("99")  # not a listed move: invalid, the env's random move never happens
+    assert (info["invalid_action"], reward, env.unwrapped.board) == (True, -0.1, board)
+    listed = list(env.unwrapped.moves)
+    _, _, _, _, info = env.step("Move 1 loses a piece, so 2")  # the last number wins
+    assert info["action"] == listed[1] and info["invalid_action"] is False and info["illegal_action"] is False
+    env.reset(seed=0)
+    _, _, _, _, info = env.step("I play d2-e3")
+    s, d = divmod(info["action"], 4)
+    assert (s, d) == (13, 1)  # d2 is square 13 (row 4, col 3), direction 1 is up-right
+
+
+def test_calculator_tool_call_and_answer():
+    env = CalculatorEnv()
+    obs, info = env.reset(seed=0)
+    assert obs.startswith(f"Question: What is {info['question']}?") and info["question"] == "64 + 51 + 27"
+    obs, reward, terminated, truncated, info = env.step("Let me check. calculate: 12*7")
+    assert obs.startswith("Calculator: 12 * 7 = 84\nTool calls left: 2.")
+    assert (reward, terminated, truncated, info["tool_calls"], info["action"]) == (
+        0.0,
+        False,
+        False,
+        1,
+        "calculate",
+    )
+    _, reward, terminated, _, info = env.step("answer: 142")
+    assert (reward, terminated, info["success"]) == (1.0, True, True)
+    env.reset(seed=0)
+    obs, reward, terminated, _, info = env.step("Answer: 141")
+    assert (reward, terminated, info["success"]) == (0.0, True, False) and "the answer was 142" in obs
+
+
+def test_calculator_rejects_code_and_truncates(tmp_path):
+    marker = tmp_path / "ran"
+    env = CalculatorEnv(max_tool_calls=2)
+    env.reset(seed=1)
+    obs, reward, terminated, truncated, info = env.step(
+        f"calculate: __import__('os').system('touch {marker}')"
+    )
+    assert (reward, terminated, truncated, info["invalid_action"]) == (-0.1, False, False, True)
+    assert "only numbers, + - * / and parentheses are allowed" in obs and not marker.exists()
+    _, reward, _, truncated, _ = env.step("calculate: (1 + 2) * 3")
+    assert (reward, truncated) == (0.0, False)
+    obs, reward, terminated, truncated, info = env.step("calculate: 1 + 1")  # third non-answer with 2 allowed
+    assert (reward, terminated, truncated) == (0.0, False, True) and "No tool calls left" in obs
+    assert safe_eval("7/2") == 3.5 and safe_eval("-(3 - 5) * 4") == 8
+    for bad in ["2**10", "1/0", "x + 1", "len('ab')", "(1).real", "True + 1", "1 if 1 else 2"]:
+        with pytest.raises(ValueError):
+            safe_eval(bad)
+
+
+def test_random_frozenlake_maps_are_seeded_and_solvable():
+    maps = {}
+    for seed in range(5):
+        env = make_frozenlake(size=4, map_seed=seed)
+        again = make_frozenlake(size=4, map_seed=seed)
+        assert np.array_equal(env.unwrapped.desc, again.unwrapped.desc)
+        assert env.reset(seed=0)[0] == again.reset(seed=0)[0]
+        V, policy = value_iteration(env.unwrapped, gamma=0.99)
+        assert V[0] > 0  # generate_random_map guarantees a path; value iteration finds it
+        total, _, terminated, info = play_policy(env, policy, GRID_MOVES)
+        assert (total, terminated, info["success"]) == (1.0, True, True)
+        maps[seed] = env.unwrapped.desc.tobytes()
+    assert maps[0] == b"SFFFHHFFFHHFHFFG" and maps[1] == b"SHFHFFHFFFFFFFFG"
+    assert len(set(maps.values())) == 4  # seeds 2 and 3 happen to draw the same one-hole map
+    assert make_frozenlake(size=8).unwrapped.desc.shape == (8, 8)
+
+
+def test_parse_that_raises_names_env_and_reply():
+    def parse(env, reply):
+        raise KeyError("no such move")
+
+    env = TextEnv(gym.make("FrozenLake-v1"), lambda env, obs: f"state {obs}", parse, "rules")
+    env.reset(seed=0)
+    with pytest.raises(ValueError) as excinfo:
+        env.step("go\nnorth")
+    message = str(excinfo.value)
+    assert message == "FrozenLake-v1: parse raised on reply 'go\\nnorth': KeyError: 'no such move'"
+
+
+def test_errors_name_the_env_and_the_valid_choices():
+    with pytest.raises(TypeError, match=r"^FrozenLake-v1 is not a text env: .* wrap it in rlhf.envs.TextEnv"):
+        check_text_env(gym.make("FrozenLake-v1"))
+    with pytest.raises(
+        ValueError, match="^unknown text env 'chess'; valid names: calculator, checkers, frozenlake"
+    ):
+        make_text_env("chess")
+    env = TextEnv(gym.make("FrozenLake-v1"), lambda env, obs: "caf\u00e9", word_parser(GRID_MOVES), "rules")
+    with pytest.raises(
+        ValueError, match=r"^FrozenLake-v1: describe returned text outside the observation space"
+    ):
+        env.reset(seed=0)
+
+
+def test_import_rlhf_does_not_import_gymnasium():
+    code = "import rlhf, sys; assert 'gymnasium' not in sys.modules, 'gymnasium imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
