@@ -48,9 +48,8 @@ def worker(out: Path, estimator: str, steps: int, size: dict) -> None:
     import datasets
     import torch
 
-    from recipes.common import end_distributed
     from rlhf import PPOConfig, PPOTrainer
-    from rlhf.engines import engine_name
+    from rlhf.engines import end_distributed, engine_name
     from rlhf.tiny import build_causal_lm, build_reward_model, build_tokenizer
 
     torch.set_num_threads(1)
@@ -90,12 +89,12 @@ def worker(out: Path, estimator: str, steps: int, size: dict) -> None:
 
     for _ in range(steps):
         t0 = time.perf_counter()
-        experience, stats = trainer.rollout(trainer._batch_indices(trainer.step))
+        rollout = trainer.rollout(trainer.batch_indices(trainer.step))
         t1 = time.perf_counter()
-        trainer.update(experience)
+        trainer.update(rollout.experience)
         trainer.step += 1
         history.append(
-            {**stats, "time/update": time.perf_counter() - t1, "time/step": time.perf_counter() - t0}
+            {**rollout.stats, "time/update": time.perf_counter() - t1, "time/step": time.perf_counter() - t0}
         )
     acc = trainer.accelerator
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # MB (KiB on Linux)

@@ -222,9 +222,10 @@ def run_ours(
             break
         # the body of PPOTrainer.train's loop, timed per phase (no metrics file, no checkpoint)
         t0 = time.perf_counter()
-        rollout, stats = trainer.rollout(trainer._batch_indices(trainer.step))
+        rollout = trainer.rollout(trainer.batch_indices(trainer.step))
         t1 = time.perf_counter()
-        trainer.update(rollout)
+        trainer.update(rollout.experience)
+        stats = rollout.stats
         t2 = time.perf_counter()
         trainer.step += 1
         emit(

@@ -154,38 +154,3 @@ def model_card(
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
-
-
-def check_hub_access(hub_model_id: str | None, output_dir: str) -> str:
-    """push_to_hub, before any work: the repository id it will use (`hub_model_id`, else the output_dir's name,
-    as TRL does), or an error when there is no token to upload with."""
-    from huggingface_hub import get_token
-
-    if get_token() is None:
-        raise ValueError(
-            "push_to_hub=True but no Hugging Face token was found: run `huggingface-cli login` or set HF_TOKEN "
-            "(or set push_to_hub=False and upload the saved folder later)"
-        )
-    return hub_model_id or Path(output_dir).resolve().name
-
-
-def push_folder(folder: str | Path, repo_id: str, private: bool | None, what: str) -> str:
-    """Create `repo_id` if needed and upload `folder` (model, tokenizer, card, plots; not checkpoints). Returns
-    the commit URL. A failure names the repository and says the local folder is intact."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    try:
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(
-            repo_id=repo.repo_id,
-            folder_path=str(folder),
-            commit_message=f"rlbook PPOTrainer: {what}",
-            ignore_patterns=["checkpoint-*", ".tmp-*", "**/checkpoint-*/**"],
-        )
-    except Exception as err:  # network, auth, quota: the model is saved either way
-        raise RuntimeError(
-            f"push_to_hub: uploading {folder} to {repo_id!r} failed ({type(err).__name__}: {err}); the saved "
-            "model in that folder is intact"
-        ) from err
-    return str(getattr(info, "commit_url", info))

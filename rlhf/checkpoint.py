@@ -196,6 +196,30 @@ def _check_deepspeed_files(directory: Path) -> None:
             safe_load(path)
 
 
+def trainer_state(
+    step: int,
+    run_id: str,
+    kl_controller: dict[str, Any],
+    engine: str,
+    world_size: int,
+    config: dict[str, Any],
+    best_metric: float | None = None,
+    best_checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """The trainer's own state in a checkpoint (trainer_state.json): where the run is, the run it belongs to, the
+    KL controller, what wrote it (engine and world size, checked at resume), its config, the best so far."""
+    return {
+        "step": step,
+        "run_id": run_id,
+        "kl_controller": kl_controller,
+        "engine": engine,
+        "world_size": world_size,
+        "config": config,
+        "best_metric": best_metric,
+        "best_checkpoint": best_checkpoint,
+    }
+
+
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | Path,

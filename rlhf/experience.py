@@ -9,33 +9,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from rlhf.advantages import Reduce, compute_advantages, get_estimator
-from rlhf.config import PPOConfig
+from rlhf.advantages import Estimator, Reduce, compute_advantages, get_estimator
+from rlhf.batch import Annotations, Experience, Samples, Scores
 from rlhf.kl import kl_penalty
-from rlhf.rewards import Scores
-from rlhf.rollout import Samples, select_rows
-
-# a no-grad forward over a slice of the samples: (batch, response_len) log-probs or values
-Forward = Callable[[Samples], torch.Tensor]
+from rlhf.rollout import forward_logprobs, forward_values
 
 
-@dataclass(frozen=True)
-class Annotations:
-    """Per-token tensors (batch, response_len) computed without gradients before the update.
-
-    old_logprobs None means: the update runs exactly once over these samples, so the policy the update starts
-    from *is* the behaviour policy, and the update's own first forward gives its log-probs (a pass saved)."""
-
-    old_logprobs: torch.Tensor | None
-    ref_logprobs: torch.Tensor | None
-    values: torch.Tensor | None
-
-
-def _in_microbatches(forward: Forward, samples: Samples, micro_batch_size: int) -> torch.Tensor:
+def _in_microbatches(
+    forward: Callable[[Samples], torch.Tensor], samples: Samples, micro_batch_size: int
+) -> torch.Tensor:
     return torch.cat(
         [
             forward(samples.select(slice(i, i + micro_batch_size)))
@@ -44,16 +29,26 @@ def _in_microbatches(forward: Forward, samples: Samples, micro_batch_size: int) 
     )
 
 
+def _device(model: torch.nn.Module) -> torch.device | None:
+    """Where a model's parameters live (a reference offloaded to the CPU), or None when it has none of its own
+    (the LoRA policy with adapters off, `rlhf.models.AdaptersOff`)."""
+    params = getattr(model, "parameters", None)
+    return next(params(), torch.empty(0)).device if params is not None else None
+
+
 @torch.no_grad()
 def annotate(
     samples: Samples,
-    policy: Forward,
-    reference: Forward | None,
-    critic: Forward | None,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    critic: torch.nn.Module | None,
+    *,
+    temperature: float,
     micro_batch_size: int,
     sampled_logprobs_exact: bool,
     updates_per_rollout: int,
     kl_in_reward: bool,
+    share_prompts: bool = True,
 ) -> Annotations:
     """Behaviour log-probs, reference log-probs and old values, `micro_batch_size` rows per forward.
 
@@ -61,44 +56,27 @@ def annotate(
     the update's forward (`sampled_logprobs_exact`: fp32; under bf16 autocast the incremental and full-sequence
     passes round differently); else a forward pass of `policy` when they are needed before the update (more
     than one optimizer step per rollout, where the ratio needs them, or a KL penalty in the reward); else None
-    (see `Annotations`)."""
+    (see `Annotations`). A reference whose parameters live elsewhere (`ref_offload`: the CPU) gets its inputs
+    there and returns its log-probs on the samples' device."""
+
+    def logprobs(model: torch.nn.Module) -> Callable[[Samples], torch.Tensor]:
+        device = _device(model) or samples.response_ids.device
+
+        def forward(s: Samples) -> torch.Tensor:
+            inputs = [x.to(device) for x in s.inputs]
+            out = forward_logprobs(model, *inputs, temperature, share_prompts=share_prompts)[0]
+            return out.to(s.response_ids.device)
+
+        return forward
+
     old = samples.sampled_logprobs if sampled_logprobs_exact else None
     if old is None and (updates_per_rollout > 1 or (kl_in_reward and reference is not None)):
-        old = _in_microbatches(policy, samples, micro_batch_size)
-    ref = _in_microbatches(reference, samples, micro_batch_size) if reference is not None else None
-    values = _in_microbatches(critic, samples, micro_batch_size) if critic is not None else None
+        old = _in_microbatches(logprobs(policy), samples, micro_batch_size)
+    ref = _in_microbatches(logprobs(reference), samples, micro_batch_size) if reference is not None else None
+    values = None
+    if critic is not None:
+        values = _in_microbatches(lambda s: forward_values(critic, *s.inputs), samples, micro_batch_size)
     return Annotations(old, ref, values)
-
-
-@dataclass(frozen=True)
-class Experience:
-    """The frozen batch one update trains on. (batch, prompt_len) query_*, (batch, T) the rest, (batch,) scores.
-
-    loss_mask is response_mask with completions excluded from every loss (mask_truncated_completions) zeroed.
-    kl is the per-token KL estimate (old vs reference) when both are known before the update, else None."""
-
-    query_ids: torch.Tensor
-    query_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    loss_mask: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    scores: torch.Tensor
-    old_logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    old_values: torch.Tensor | None = None
-    kl: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.response_ids.shape[0]
-
-    def select(self, idx: torch.Tensor | slice) -> Experience:
-        return select_rows(self, idx)
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.query_ids, self.query_mask, self.response_ids, self.response_mask
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -110,33 +88,44 @@ def make_experience(
     samples: Samples,
     scores: Scores,
     annotations: Annotations,
-    args: PPOConfig,
+    estimator: str | Estimator,
+    *,
     kl_coef: float,
+    kl_estimator: str = "k1",
+    group_size: int = 1,
+    gamma: float = 1.0,
+    gae_lambda: float = 0.95,
+    whiten_advantages: bool | None = None,
+    scale_rewards: str = "group",
+    mask_truncated_completions: bool = False,
     reduce: Reduce = _identity,
 ) -> Experience:
-    """Advantages and returns for every token, by the estimator `args.advantage_estimator`.
+    """Advantages and returns for every token, by `estimator` (a name of rlhf.advantages' registry).
 
-    kl_coef: the current beta; it weights the per-token KL into the reward unless `args.kl_in_loss` (then the
-    update adds it to the loss). `reduce` sums over processes (batch-wide whitening and scaling)."""
+    kl_coef: the beta that weights the per-token KL estimate (`kl_estimator`, old vs reference log-probs) into
+    the reward; pass 0 when the KL is a loss term instead (`kl_in_loss`); the KL is still computed and kept for
+    the metrics. group_size: consecutive rows that share a prompt (num_generations). `reduce` sums over
+    processes (batch-wide whitening and scaling; whiten_advantages None: the estimator's default). mask_truncated_completions: completions that never emitted EOS
+    get loss_mask 0 (they train nothing)."""
     mask = samples.response_mask
     kl = None
     if annotations.old_logprobs is not None and annotations.ref_logprobs is not None:
-        kl = kl_penalty(annotations.old_logprobs, annotations.ref_logprobs, args.kl_estimator) * mask
+        kl = kl_penalty(annotations.old_logprobs, annotations.ref_logprobs, kl_estimator) * mask
     advantages, returns = compute_advantages(
-        get_estimator(args.advantage_estimator),
+        get_estimator(estimator) if isinstance(estimator, str) else estimator,
         scores.total,
         kl if kl is not None else torch.zeros_like(mask),
-        0.0 if args.kl_in_loss else kl_coef,
+        kl_coef,
         mask,
-        group_size=args.num_generations,
+        group_size=group_size,
         values=annotations.values,
-        gamma=args.gamma,
-        gae_lambda=args.gae_lambda,
-        whiten=args.whiten_advantages,
-        scale_rewards=args.scale_rewards,
+        gamma=gamma,
+        gae_lambda=gae_lambda,
+        whiten=whiten_advantages,
+        scale_rewards=scale_rewards,
         reduce=reduce,
     )
-    loss_mask = mask * scores.ended_with_eos[:, None] if args.mask_truncated_completions else mask
+    loss_mask = mask * scores.ended_with_eos[:, None] if mask_truncated_completions else mask
     return Experience(
         query_ids=samples.query_ids,
         query_mask=samples.query_mask,

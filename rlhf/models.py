@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -189,3 +190,17 @@ def build_critic(
     if fuse:
         fuse_activations(critic)
     return critic
+
+
+class AdaptersOff:
+    """The LoRA policy with its adapters disabled, called like a model: the reference model of a LoRA run, which
+    shares the base weights instead of holding a copy. `module` is the unwrapped peft model, so code that looks
+    inside a model (`logits_to_keep`, the KV-cache type) sees the base model; calls go through the wrapped
+    policy (DDP / FSDP2 / DeepSpeed)."""
+
+    def __init__(self, policy: torch.nn.Module, unwrapped: torch.nn.Module) -> None:
+        self.policy, self.module = policy, unwrapped
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.module.disable_adapter():
+            return self.policy(*args, **kwargs)

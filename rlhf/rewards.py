@@ -30,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rlhf.batch import Scores
 from rlhf.hub import load_model_config
 from rlhf.models import disable_dropout, fuse_activations
 
@@ -306,16 +307,6 @@ def build_reward_funcs(
     return out
 
 
-@dataclass(frozen=True)
-class Scores:
-    """What the score stage returns. raw (num_funcs, batch): each reward function's own output; total (batch,):
-    the weighted sum the estimator sees, with the EOS penalty applied; ended_with_eos (batch,) bool."""
-
-    raw: torch.Tensor
-    total: torch.Tensor
-    ended_with_eos: torch.Tensor
-
-
 def score(
     reward_funcs: Sequence[Callable],
     weights: torch.Tensor,
@@ -338,3 +329,35 @@ def score(
     if missing_eos_penalty is not None:
         total = torch.where(ended_with_eos, total, torch.full_like(total, missing_eos_penalty))
     return Scores(raw, total, ended_with_eos)
+
+
+@dataclass(frozen=True)
+class RewardSet:
+    """The run's reward functions with their names, weights and settings: `rewards(prompts, completions, ...)` is
+    the score stage (`score`) with everything but the batch fixed."""
+
+    funcs: list[Callable]
+    names: list[str]  # the `reward/<name>` metric keys, one per function
+    weights: torch.Tensor  # (num_funcs,)
+    missing_eos_penalty: float | None = None
+    timeout: float | None = None
+
+    def __call__(
+        self,
+        prompts: list[Any],
+        completions: list[str],
+        columns: dict[str, list],
+        ended_with_eos: torch.Tensor,
+        prompt_indices: Sequence[int] | None = None,
+    ) -> Scores:
+        return score(
+            self.funcs,
+            self.weights,
+            prompts,
+            completions,
+            columns,
+            ended_with_eos,
+            self.missing_eos_penalty,
+            prompt_indices=prompt_indices,
+            timeout=self.timeout,
+        )

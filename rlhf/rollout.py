@@ -7,58 +7,14 @@ including its first EOS; everything after is padding (`response_mask` 0).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from classic.functional import entropy_from_logits, logprobs_from_logits
-
-T = TypeVar("T")
-
-
-def select_rows(obj: T, idx: torch.Tensor | slice) -> T:
-    """The rows `idx` of every tensor field of a dataclass of batch tensors (a minibatch or microbatch);
-    non-tensor fields and None are kept as they are."""
-    return dataclasses.replace(
-        obj,
-        **{
-            f.name: v[idx]
-            for f in dataclasses.fields(obj)
-            if isinstance(v := getattr(obj, f.name), torch.Tensor) and v.dim() > 0
-        },
-    )
-
-
-@dataclass(frozen=True)
-class Samples:
-    """What a `Generator` returns: left-padded prompts and their completions. Shapes: (batch, prompt_len) for
-    query_*, (batch, response_len) for response_* and sampled_logprobs. A completion's tokens run up to and including
-    its first EOS; response_mask is 1 there and 0 after (built from positions, never from PAD ids, so PAD may equal
-    EOS)."""
-
-    query_ids: torch.Tensor
-    query_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    # log-prob of each sampled token under the sampling policy at the sampling temperature, when the sampler
-    # computed them on the way (the lean sampler does; `model.generate` does not)
-    sampled_logprobs: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.response_ids.shape[0]
-
-    def select(self, idx: torch.Tensor | slice) -> Samples:
-        return select_rows(self, idx)
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(query_ids, query_mask, response_ids, response_mask): the arguments of forward_logprobs/values."""
-        return self.query_ids, self.query_mask, self.response_ids, self.response_mask
+from rlhf.batch import Samples
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
@@ -228,56 +184,25 @@ def sample(
     attention_mask = torch.ones(batch, prompt_len + max_new_tokens, dtype=query_mask.dtype, device=device)
     attention_mask[:, :prompt_len] = query_mask
     position_ids = position_ids_from_mask(query_mask)  # (batch, prompt_len)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns until 5.40)
-    cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    kv_cache = DynamicCache(config=base.config)
-    # plain full-attention layers get preallocated buffers; sliding-window or linear-attention layers keep theirs
-    kv_cache.layers = [
-        _PreallocatedLayer(prompt_len + max_new_tokens) if type(layer) is DynamicLayer else layer
-        for layer in kv_cache.layers
-    ]
-    cache = {cache_kwarg: kv_cache}
+    kv_cache, cache = _preallocated_cache(model, prompt_len + max_new_tokens)
+    plain_layers = all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers)
+    logits = _prefill(
+        model, query_ids, query_mask, position_ids, kv_cache, cache, share_prompts and plain_layers
+    )
     response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
     rows = torch.arange(batch, device=device)  # the batch rows still in the forward passes (and in the cache)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # over `rows`
-    plain_layers = all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers)
-    shared = distinct_prompts(query_ids, query_mask) if share_prompts and plain_layers else None
-    distinct, inverse = shared or (None, None)
-    if inverse is None:
-        prefill_ids, prefill_mask, prefill_positions = query_ids, query_mask, position_ids
-    else:
-        prefill_ids, prefill_mask = distinct[:, :prompt_len], distinct[:, prompt_len:].to(query_mask.dtype)
-        prefill_positions = position_ids_from_mask(prefill_mask)
-    # prefill: only the last position's logits are needed (a full (batch, prompt_len, vocab) tensor is not)
-    logits = model(
-        input_ids=prefill_ids,
-        attention_mask=prefill_mask,
-        position_ids=prefill_positions,
-        use_cache=True,
-        logits_to_keep=1,
-        **cache,
-    ).logits[:, -1]
-    if inverse is not None:  # each prompt's last logits and KV cache to each of its rows
-        logits = logits[inverse]
-        kv_cache.batch_select_indices(inverse)
     position_ids = position_ids[:, -1:]
     length = max_new_tokens
     for t in range(max_new_tokens):
-        scores = logits.float()
-        if temperature not in (0.0, 1.0):
-            scores = scores / temperature
-        token_logprobs = torch.log_softmax(scores, dim=-1)
-        # temperature 0: greedy decoding (evaluation); the log-probs are then those at temperature 1
-        if temperature == 0:
-            next_ids = scores.argmax(-1)
-        else:
-            uniform = torch.rand(batch, 1, dtype=_cdf_dtype(device), device=device)
-            next_ids = draw_tokens(token_logprobs.exp(), uniform[rows])
+        next_ids, token_logprobs = _next_tokens(logits, temperature, batch, rows)
         next_ids = torch.where(unfinished, next_ids, pad_token_id)
         response_ids[rows, t] = next_ids
-        logprobs[rows, t] = token_logprobs.gather(1, next_ids[:, None]).squeeze(1) * unfinished
+        # `where`, not a product: a finished row's -inf log-prob of PAD times 0 would be NaN
+        logprobs[rows, t] = torch.where(
+            unfinished, token_logprobs.gather(1, next_ids[:, None]).squeeze(1), 0.0
+        )
         unfinished &= ~torch.isin(next_ids, eos_ids)
         finished = int((~unfinished).sum())  # the step's one device sync
         if t == max_new_tokens - 1 or finished == len(rows):
@@ -303,6 +228,71 @@ def sample(
             "bf16/fp16); the completions of this batch are not usable"
         )
     return response_ids[:, :length], logprobs
+
+
+def _preallocated_cache(
+    model: torch.nn.Module, capacity: int
+) -> tuple[DynamicCache, dict[str, DynamicCache]]:
+    """A KV cache whose plain full-attention layers hold preallocated buffers of `capacity` positions (sliding-window
+    or linear-attention layers keep their own), and the keyword the model's forward takes it under."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns until 5.40)
+    cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    kv_cache = DynamicCache(config=base.config)
+    kv_cache.layers = [
+        _PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in kv_cache.layers
+    ]
+    return kv_cache, {cache_kwarg: kv_cache}
+
+
+def _prefill(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    kv_cache: DynamicCache,
+    cache: dict[str, DynamicCache],
+    share_prompts: bool,
+) -> torch.Tensor:
+    """The prompt pass: fills the KV cache and returns each row's last logits (batch, vocab). With share_prompts
+    each distinct prompt runs once and its cache and logits are copied to its rows."""
+    shared = distinct_prompts(query_ids, query_mask) if share_prompts else None
+    distinct, inverse = shared or (None, None)
+    if inverse is None:
+        prefill_ids, prefill_mask, prefill_positions = query_ids, query_mask, position_ids
+    else:
+        prompt_len = query_ids.shape[1]
+        prefill_ids, prefill_mask = distinct[:, :prompt_len], distinct[:, prompt_len:].to(query_mask.dtype)
+        prefill_positions = position_ids_from_mask(prefill_mask)
+    # only the last position's logits are needed (a full (batch, prompt_len, vocab) tensor is not)
+    logits = model(
+        input_ids=prefill_ids,
+        attention_mask=prefill_mask,
+        position_ids=prefill_positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **cache,
+    ).logits[:, -1]
+    if inverse is not None:  # each prompt's last logits and KV cache to each of its rows
+        logits = logits[inverse]
+        kv_cache.batch_select_indices(inverse)
+    return logits
+
+
+def _next_tokens(
+    logits: torch.Tensor, temperature: float, batch: int, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step's tokens (rows,) and log-softmax (rows, vocab) at `temperature` (0: greedy, log-probs at
+    temperature 1). The uniforms are drawn for the whole batch and indexed by `rows`, so rows that left the batch
+    do not change what the others sample."""
+    scores = logits.float()
+    if temperature not in (0.0, 1.0):
+        scores = scores / temperature
+    token_logprobs = torch.log_softmax(scores, dim=-1)
+    if temperature == 0:
+        return scores.argmax(-1), token_logprobs
+    uniform = torch.rand(batch, 1, dtype=_cdf_dtype(logits.device), device=logits.device)
+    return draw_tokens(token_logprobs.exp(), uniform[rows]), token_logprobs
 
 
 @torch.no_grad()

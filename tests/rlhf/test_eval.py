@@ -167,9 +167,9 @@ def test_best_checkpoint_survives_rotation_and_resume(
         eval_dataset(),
         processing_class=tokenizer,
     )
-    assert resumed.best_checkpoint is None  # restored when training starts
+    assert resumed.best.checkpoint is None  # restored when training starts
     resumed.train()
-    assert resumed.best_checkpoint == f"checkpoint-{best}"
+    assert resumed.best.checkpoint == f"checkpoint-{best}"
     assert [c.name for c in ckpt_io.list_checkpoints(out)] == [f"checkpoint-{best}", "checkpoint-7"]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rlhf.update
 from classic.cli import parse_config
 from classic.runlog import read_metrics
 from rlhf import PPOConfig, PPOTrainer
@@ -147,7 +148,7 @@ def test_resume_is_bitwise_identical(tmp_path, tokenizer, policy, reward_model):
     assert straight.kl_ctl.value == resumed.kl_ctl.value != 0.1
 
 
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer, policy):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer, policy, monkeypatch):
     calls = {"n": 0}
 
     def poisoned(prompts, completions, **columns):
@@ -163,14 +164,14 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tokeniz
         rollout_batch_size=2,
     )
     trainer = PPOTrainer(policy, poisoned, args, dataset(), processing_class=tokenizer)
-    original = trainer._loss_and_backward
+    original = rlhf.update.loss_and_backward
 
-    def nan_after_two_steps(micro, *args):
+    def nan_after_two_steps(acc, models, micro, *args, **kwargs):
         if trainer.step >= 2:
             micro = dataclasses.replace(micro, advantages=micro.advantages * float("nan"))
-        return original(micro, *args)
+        return original(acc, models, micro, *args, **kwargs)
 
-    trainer._loss_and_backward = nan_after_two_steps
+    monkeypatch.setattr(rlhf.update, "loss_and_backward", nan_after_two_steps)
     with pytest.raises(FloatingPointError, match=r"step 3.*checkpoint-2"):
         trainer.train()
     names = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint"))
@@ -265,15 +266,18 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_no_gradient(tmp_pa
         )
         trainer = PPOTrainer(policy, reward_model, args, dataset(), processing_class=tokenizer)
         trainer.share_prompts = False  # one forward per pass to count (repeated prompts would add a prefill)
-        rollout, _ = trainer.rollout(trainer._batch_indices(0))
+        rollout = trainer.rollout(trainer.batch_indices(0)).experience
         # generation keeps its KV cache with checkpointing on: the same completions either way
         results.setdefault("response_ids", []).append(rollout.response_ids)
         calls = []
         for name, model in (("policy", trainer.policy.transformer), ("critic", trainer.critic.backbone)):
             model.h[0].attn.register_forward_hook(lambda *_, name=name, calls=calls: calls.append(name))
-        trainer._set_training(True)
+        trainer.models.train(True)
         # one forward + backward of policy and critic on the whole batch
-        trainer._loss_and_backward(rollout, torch.tensor(1.0), 1.0, {})
+        rlhf.update.loss_and_backward(
+            trainer.accelerator, trainer.models, rollout, trainer.loss, trainer.kl_ctl.value, torch.tensor(1.0),
+            1.0, {}, share_prompts=False,
+        )  # fmt: skip
         grads = [p.grad.clone() for m in (trainer.policy, trainer.critic) for p in m.parameters()]
         results[checkpointing] = (calls, grads)
     assert torch.equal(*results["response_ids"])

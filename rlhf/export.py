@@ -1,0 +1,94 @@
+"""A run's model leaves the trainer here: `save_model` (weights and tokenizer under every engine), the model card
+next to them, and the Hub push.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
+
+from classic.runlog import explain_full_disk, read_metrics
+from rlhf.card import PLOTS, model_card
+
+
+def save_model(
+    accelerator: Accelerator,
+    policy: torch.nn.Module,
+    critic: torch.nn.Module | None,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: Path,
+) -> None:
+    """save_pretrained of the policy (the adapter only with LoRA) and the tokenizer, with a full state dict under
+    every engine (gathered from the shards under FSDP2 / ZeRO-3: a collective, every rank calls it), loadable with
+    from_pretrained; the critic goes to `critic/` next to it (`rlhf.models.Critic.load`). Rank 0 writes."""
+    acc = accelerator
+    state = acc.get_state_dict(policy)
+    critic_state = acc.get_state_dict(critic) if critic is not None else None
+    if not acc.is_main_process:
+        return
+    unwrapped = acc.unwrap_model(policy)
+    # a gathered state dict holds tied weights (GPT-2's LM head) as separate copies: keep one name each, as
+    # save_pretrained does for a model's own state dict
+    first: dict[int, str] = {}
+    for name, param in unwrapped.named_parameters(remove_duplicate=False):
+        first.setdefault(id(param), name)
+    tied = {name for name, _ in unwrapped.named_parameters(remove_duplicate=False)} - set(first.values())
+    with explain_full_disk(output_dir, written_dir=output_dir):  # no half-written files left
+        unwrapped.save_pretrained(output_dir, state_dict={k: v for k, v in state.items() if k not in tied})
+        tokenizer.save_pretrained(output_dir)
+        if critic_state is not None:
+            acc.unwrap_model(critic).save(output_dir / "critic", critic_state)
+
+
+def write_card(output_dir: Path, run_dir: Path, **card: Any) -> Path:
+    """README.md in `output_dir` from the run's metrics.jsonl (in `run_dir`), with the run's plots copied next to
+    it; `card` holds the remaining arguments of `rlhf.card.model_card`."""
+    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    plots = []
+    for name in PLOTS:
+        if (run_dir / name).is_file():
+            if (output_dir / name).resolve() != (run_dir / name).resolve():
+                shutil.copy2(run_dir / name, output_dir / name)
+            plots.append(name)
+    (output_dir / "README.md").write_text(model_card(rows=rows, plots=plots, **card))
+    return output_dir / "README.md"
+
+
+def check_hub_access(hub_model_id: str | None, output_dir: str) -> str:
+    """push_to_hub, before any work: the repository id it will use (`hub_model_id`, else the output_dir's name,
+    as TRL does), or an error when there is no token to upload with."""
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise ValueError(
+            "push_to_hub=True but no Hugging Face token was found: run `huggingface-cli login` or set HF_TOKEN "
+            "(or set push_to_hub=False and upload the saved folder later)"
+        )
+    return hub_model_id or Path(output_dir).resolve().name
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool | None, what: str) -> str:
+    """Create `repo_id` if needed and upload `folder` (model, tokenizer, card, plots; not checkpoints). Returns
+    the commit URL. A failure names the repository and says the local folder is intact."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo.repo_id,
+            folder_path=str(folder),
+            commit_message=f"rlbook PPOTrainer: {what}",
+            ignore_patterns=["checkpoint-*", ".tmp-*", "**/checkpoint-*/**"],
+        )
+    except Exception as err:  # network, auth, quota: the model is saved either way
+        raise RuntimeError(
+            f"push_to_hub: uploading {folder} to {repo_id!r} failed ({type(err).__name__}: {err}); the saved "
+            "model in that folder is intact"
+        ) from err
+    return str(getattr(info, "commit_url", info))

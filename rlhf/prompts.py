@@ -1,0 +1,105 @@
+"""Prompts: tokenised once up front (bad rows fail before any training), batched by step, left-padded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A prompt dataset, tokenised: row i is prompts[i] (text or chat messages), ids[i] (its token ids) and
+    columns[c][i] for every other column (passed to the reward functions)."""
+
+    prompts: list[Any]
+    columns: dict[str, list]
+    ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, indices: list[int]) -> tuple[list[Any], dict[str, list]]:
+        """The prompts and column values of the rows `indices` (repeats allowed)."""
+        return [self.prompts[i] for i in indices], {
+            k: [v[i] for i in indices] for k, v in self.columns.items()
+        }
+
+
+def prompt_text(prompt: Any, tokenizer: PreTrainedTokenizerBase, where: str) -> str:
+    """A prompt as the text the model sees: chat messages through the chat template (with the generation prompt)."""
+    if isinstance(prompt, list):  # chat messages
+        if tokenizer.chat_template is None:
+            raise ValueError(f"{where}: chat-message prompt but the tokenizer has no chat template")
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, str):
+        return prompt
+    raise TypeError(f"{where}: 'prompt' must be a string or chat messages, got {prompt!r}")
+
+
+def tokenize_prompts(
+    dataset: Any, field: str, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int
+) -> PromptSet:
+    """Every row of a dataset with a `prompt` column (text or chat messages) tokenised, or a one-line error naming
+    `field` and the row."""
+    if dataset is None or not hasattr(dataset, "column_names"):
+        raise ValueError(f"{field}: expected a datasets.Dataset with a 'prompt' column")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"{field}: no 'prompt' column (columns are {dataset.column_names})")
+    if clash := sorted({"prompts", "completions"} & set(dataset.column_names)):
+        raise ValueError(
+            f"{field}: column(s) {clash} clash with the reward functions' arguments; rename them"
+        )
+    prompts = list(dataset["prompt"])
+    columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
+    prompt_ids: list[list[int]] = []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer(prompt_text(prompt, tokenizer, f"{field} row {i}"), add_special_tokens=False)[
+            "input_ids"
+        ]
+        if not ids:
+            raise ValueError(f"{field} row {i}: empty prompt")
+        if len(ids) > max_prompt_length:
+            raise ValueError(
+                f"{field} row {i}: prompt has {len(ids)} tokens, more than max_prompt_length={max_prompt_length}"
+            )
+        prompt_ids.append(ids)
+    return PromptSet(prompts, columns, prompt_ids)
+
+
+def check_context_window(model_config: Any, max_prompt_length: int, max_new_tokens: int) -> None:
+    """The longest prompt plus the longest completion must fit the model's positions."""
+    max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(
+        model_config, "n_positions", None
+    )
+    if max_positions and max_prompt_length + max_new_tokens > max_positions:
+        raise ValueError(
+            f"max_prompt_length + max_new_tokens = {max_prompt_length + max_new_tokens} exceeds the "
+            f"model's context window ({max_positions} positions)"
+        )
+
+
+def batch_indices(
+    step: int, num_prompts: int, rollout_batch_size: int, num_processes: int, process_index: int, seed: int
+) -> list[int]:
+    """Dataset rows for one rank at `step`: a seeded permutation per epoch, so the position in the data is a
+    function of the step alone (exact resume). Ranks take consecutive slices of the step's share."""
+    per_step = rollout_batch_size * num_processes
+    steps_per_epoch = num_prompts // per_step
+    epoch, pos = divmod(step, steps_per_epoch)
+    order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + epoch))
+    start = pos * per_step + process_index * rollout_batch_size
+    return order[start : start + rollout_batch_size].tolist()
+
+
+def left_pad(
+    rows: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as (batch, longest) ids and attention mask, padded on the left so that every completion
+    starts at the same column."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_token_id] * (width - len(r)) + r for r in rows])  # (batch, prompt_len)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids.to(device), mask.to(device)
