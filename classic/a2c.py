@@ -43,8 +43,10 @@ from classic.common import (
     check_non_negative,
     check_positive,
     check_unit_interval,
+    exit_if_output_dir_used,
     load_model,
     make_vec_env,
+    prepare_output_dir,
     seed_everything,
 )
 from classic.functional import explained_variance, masked_whiten, value_loss
@@ -93,6 +95,10 @@ class A2CConfig:
     )
     num_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
     output_dir: str = field(default="runs/a2c", metadata={"help": "where config, metrics, curve, model go"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the run already in output_dir (without it, a used output_dir is refused)"},
+    )
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
@@ -147,6 +153,7 @@ def make_optimizer(agent: nn.Module, cfg: A2CConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: A2CConfig) -> TrainResult:
+    run_dir = prepare_output_dir(cfg.output_dir, cfg.overwrite)  # before any work: never over another run
     seed_everything(cfg.seed, cfg.num_threads)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     agent = Agent(
@@ -155,7 +162,7 @@ def train(cfg: A2CConfig) -> TrainResult:
     )  # fmt: skip
     optimizer = make_optimizer(agent, cfg)
     reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
-    run = Run(cfg.output_dir, cfg, cfg.total_timesteps, f"A2C {cfg.env_id}")
+    run = Run(run_dir, cfg, cfg.total_timesteps, f"A2C {cfg.env_id}")
     num_iterations = max(1, cfg.total_timesteps // (cfg.num_envs * cfg.num_steps))
     next_obs, _ = envs.reset(seed=cfg.seed)
     global_step, start = 0, time.time()
@@ -192,7 +199,9 @@ def load(run_dir: str | Path) -> Agent:
 
 
 if __name__ == "__main__":
-    result = train(parse_config_or_exit(A2CConfig, "python -m classic.a2c"))
+    cfg = parse_config_or_exit(A2CConfig, "python -m classic.a2c")
+    exit_if_output_dir_used("python -m classic.a2c", cfg.output_dir, cfg.overwrite)
+    result = train(cfg)
     print(
         f"{result.global_step} steps in {result.wall_clock:.1f}s; mean of last 20 episode returns "
         f"{np.mean(result.episode_returns[-20:]):.1f}; run dir {result.run_dir}"

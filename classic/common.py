@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from classic.cli import exit_on_bad_input
 from classic.runlog import MetricsWriter, explain_full_disk, plot_curves, plot_panels, read_metrics
 
 # renames every classic config shares (to the names rlhf.config.PPOConfig uses), for their `RENAMED` maps
@@ -103,6 +104,41 @@ PLOTTED_UPDATE_COLUMNS = (
     "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance", "epochs",
     "loss", "q_values", "epsilon",
 )  # fmt: skip
+
+
+# what a classic run writes into its directory (`Run`): a directory holding any of them holds a run, and
+# `overwrite` removes exactly these and save_model's temporary file (anything else kept there stays)
+RUN_FILES = ("config.json", "metrics.jsonl", "updates.jsonl", "model.pt", "curve.png", "updates.png")
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
+    """A run into a directory that holds another run's files is refused unless `overwrite`: its config.json
+    and metrics would be rewritten at the start, and a killed second run would leave run 1's model.pt next to
+    run 2's config.json. An absent or empty directory, or one without run files, is fine."""
+    out = Path(output_dir)
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if found and not overwrite:
+        raise FileExistsError(
+            f"output_dir={str(output_dir)!r} already holds a run ({', '.join(found)}); pass --overwrite "
+            "(overwrite=True) to replace it, or choose another --output_dir"
+        )
+
+
+def prepare_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
+    """Before any work: `check_output_dir`, then with `overwrite` the earlier run's files are removed, so none of
+    them can outlive the new run (a stale model.pt or curve.png next to the new config.json)."""
+    check_output_dir(output_dir, overwrite)
+    out = Path(output_dir)
+    if overwrite:
+        for name in (*RUN_FILES, "model.pt.tmp"):
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def exit_if_output_dir_used(prog: str, output_dir: str | Path, overwrite: bool) -> None:
+    """`check_output_dir` for a script's `__main__`: a used directory is one line and exit status 2."""
+    with exit_on_bad_input(prog):
+        check_output_dir(output_dir, overwrite)
 
 
 class Run:

@@ -40,9 +40,11 @@ from classic.common import (
     check_non_negative,
     check_positive,
     check_unit_interval,
+    exit_if_output_dir_used,
     finished_episodes,
     load_model,
     make_vec_env,
+    prepare_output_dir,
     seed_everything,
 )
 
@@ -91,6 +93,10 @@ class DQNConfig:
         default=None, metadata={"help": "run directory (default runs/dqn_<env>_<seed>)"}
     )
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the run already in output_dir (without it, a used output_dir is refused)"},
+    )
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
@@ -229,6 +235,8 @@ def make_env(cfg: DQNConfig) -> gym.vector.SyncVectorEnv:
 
 
 def train(cfg: DQNConfig) -> TrainResult:
+    run_dir = cfg.output_dir or default_run_dir("dqn", cfg.env_id, cfg.seed)
+    run_dir = prepare_output_dir(run_dir, cfg.overwrite)  # before any work: never over another run
     seed_everything(cfg.seed, cfg.num_threads)
     envs = make_env(cfg)
     obs_space, n_actions = envs.single_observation_space, int(envs.single_action_space.n)
@@ -241,7 +249,7 @@ def train(cfg: DQNConfig) -> TrainResult:
     target_params = list(target_network.parameters())
     rb = ReplayBuffer(cfg.buffer_size, obs_space, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    run = Run(cfg.output_dir or default_run_dir("dqn", cfg.env_id, cfg.seed), cfg, cfg.total_timesteps, "dqn")
+    run = Run(run_dir, cfg, cfg.total_timesteps, "dqn")
     episode_steps: list[int] = []
 
     # (loss, mean Q(s, a)) of each gradient step since the last updates.jsonl row, kept as tensors: one host
@@ -345,4 +353,7 @@ def train_and_report(cfg: DQNConfig) -> TrainResult:
 
 
 if __name__ == "__main__":
-    train_and_report(parse_config_or_exit(DQNConfig, "python -m classic.dqn"))
+    cfg = parse_config_or_exit(DQNConfig, "python -m classic.dqn")
+    run_dir = cfg.output_dir or default_run_dir("dqn", cfg.env_id, cfg.seed)
+    exit_if_output_dir_used("python -m classic.dqn", run_dir, cfg.overwrite)
+    train_and_report(cfg)

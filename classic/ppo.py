@@ -45,8 +45,10 @@ from classic.common import (
     check_non_negative,
     check_positive,
     check_unit_interval,
+    exit_if_output_dir_used,
     load_model,
     make_vec_env,
+    prepare_output_dir,
     seed_everything,
 )
 from classic.functional import explained_variance, masked_whiten, ppo_policy_loss, value_loss
@@ -108,6 +110,10 @@ class PPOConfig:
     )
     num_threads: int = field(default=1, metadata={"help": "torch.set_num_threads"})
     output_dir: str = field(default="runs/ppo", metadata={"help": "where config, metrics, curve, model go"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the run already in output_dir (without it, a used output_dir is refused)"},
+    )
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
@@ -214,6 +220,7 @@ def ppo_update(
 
 
 def train(cfg: PPOConfig) -> TrainResult:
+    run_dir = prepare_output_dir(cfg.output_dir, cfg.overwrite)  # before any work: never over another run
     seed_everything(cfg.seed, cfg.num_threads)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     agent = Agent(
@@ -223,7 +230,7 @@ def train(cfg: PPOConfig) -> TrainResult:
     # fused: one kernel for all parameters (the per-tensor loop cost more than the MLP's backward)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
     reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
-    run = Run(cfg.output_dir, cfg, cfg.total_timesteps, f"PPO {cfg.env_id}")
+    run = Run(run_dir, cfg, cfg.total_timesteps, f"PPO {cfg.env_id}")
     batch_size = cfg.num_envs * cfg.num_steps
     num_iterations = max(1, cfg.total_timesteps // batch_size)
     next_obs, _ = envs.reset(seed=cfg.seed)
@@ -273,7 +280,9 @@ def load(run_dir: str | Path) -> Agent:
 
 
 if __name__ == "__main__":
-    result = train(parse_config_or_exit(PPOConfig, "python -m classic.ppo"))
+    cfg = parse_config_or_exit(PPOConfig, "python -m classic.ppo")
+    exit_if_output_dir_used("python -m classic.ppo", cfg.output_dir, cfg.overwrite)
+    result = train(cfg)
     print(
         f"{result.global_step} steps in {result.wall_clock:.1f}s; mean of last 20 episode returns "
         f"{np.mean(result.episode_returns[-20:]):.1f}; run dir {result.run_dir}"

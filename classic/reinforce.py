@@ -31,10 +31,12 @@ from classic.common import (
     check_hidden_sizes,
     check_positive,
     check_unit_interval,
+    exit_if_output_dir_used,
     finished_episodes,
     layer_init,
     load_model,
     make_vec_env,
+    prepare_output_dir,
     seed_everything,
 )
 from classic.dqn import TrainResult, default_run_dir
@@ -79,6 +81,10 @@ class ReinforceConfig:
         default=None, metadata={"help": "run directory (default runs/reinforce_<env>_<seed>)"}
     )
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads (results depend on it)"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the run already in output_dir (without it, a used output_dir is refused)"},
+    )
 
     def __post_init__(self) -> None:
         check_env_id(self.env_id)
@@ -186,6 +192,8 @@ def reinforce_update(
 
 
 def train(cfg: ReinforceConfig) -> TrainResult:
+    run_dir = cfg.output_dir or default_run_dir("reinforce", cfg.env_id, cfg.seed)
+    run_dir = prepare_output_dir(run_dir, cfg.overwrite)  # before any work: never over another run
     seed_everything(cfg.seed, cfg.num_threads)
     envs = make_env(cfg)
     agent = Agent(envs.single_observation_space.shape[0], int(envs.single_action_space.n), cfg.hidden_sizes)
@@ -195,7 +203,6 @@ def train(cfg: ReinforceConfig) -> TrainResult:
             {"params": agent.value.parameters(), "lr": cfg.value_learning_rate},
         ]
     )
-    run_dir = cfg.output_dir or default_run_dir("reinforce", cfg.env_id, cfg.seed)
     run = Run(run_dir, cfg, cfg.total_timesteps, "reinforce")
     episode_steps: list[int] = []
 
@@ -257,4 +264,7 @@ def train_and_report(cfg: ReinforceConfig) -> TrainResult:
 
 
 if __name__ == "__main__":
-    train_and_report(parse_config_or_exit(ReinforceConfig, "python -m classic.reinforce"))
+    cfg = parse_config_or_exit(ReinforceConfig, "python -m classic.reinforce")
+    run_dir = cfg.output_dir or default_run_dir("reinforce", cfg.env_id, cfg.seed)
+    exit_if_output_dir_used("python -m classic.reinforce", run_dir, cfg.overwrite)
+    train_and_report(cfg)
