@@ -94,6 +94,22 @@ def model_card(
         *(f"| {k} | {_fmt(getattr(args, k))} |" for k in KEY_SETTINGS),
         "",
     ]
+    lines += _results(args, steps, evals, best, weights_from)
+    if plots:
+        lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+    lines += _use(args, peft)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+
+
+def _results(
+    args: Any,
+    steps: list[dict[str, Any]],
+    evals: list[dict[str, Any]],
+    best: tuple[str, float] | None,
+    weights_from: str | None,
+) -> list[str]:
+    """The Results section: first and last training step, first and last evaluation, the best checkpoint."""
+    lines: list[str] = []
     if steps:
         first, last = steps[0], steps[-1]
         keys = [k for k in KEY_METRICS if k in last] + sorted(
@@ -129,15 +145,18 @@ def model_card(
             "(`load_best_model_at_end`), not the last step's.",
             "",
         ]
-    if plots:
-        lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+    return lines
+
+
+def _use(args: Any, peft: bool) -> list[str]:
+    """How to load the folder, and the full config folded away."""
     load = (
         "from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(path)"
         if peft
         else "from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(path)"
     )
     config = yaml.safe_dump(dataclasses.asdict(args), sort_keys=False).strip()
-    lines += [
+    return [
         "## Use",
         "",
         "```python",
@@ -153,4 +172,3 @@ def model_card(
         "</details>",
         "",
     ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content

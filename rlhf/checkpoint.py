@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from classic.runlog import explain_full_disk
+from classic.runlog import explain_full_disk, truncate_metrics
 
 PREFIX = "checkpoint-"
 
@@ -196,6 +196,24 @@ def _check_deepspeed_files(directory: Path) -> None:
             safe_load(path)
 
 
+def truncate_run_logs(output_dir: str | Path, step: int) -> None:
+    """Drop the rows of the run's logs (RUN_LOGS) written after `step`: a resumed run re-does those steps."""
+    for name in RUN_LOGS:
+        if (Path(output_dir) / name).is_file():
+            truncate_metrics(Path(output_dir) / name, step)
+
+
+def trained_parts(models: Any, schedulers: list[Any]) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """What a checkpoint holds of the trained models (`rlhf.update.TrainedModels`): {name: (model, optimizer)}
+    and {name: scheduler}, the critic's only when there is one."""
+    trained = {"policy": (models.policy, models.policy_opt)}
+    named = {"policy": schedulers[0]}
+    if models.critic is not None:
+        trained["critic"] = (models.critic, models.critic_opt)
+        named["critic"] = schedulers[1]
+    return trained, named
+
+
 def trainer_state(
     step: int,
     run_id: str,
@@ -289,27 +307,36 @@ def _write_checkpoint(
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
     accelerator.wait_for_everyone()
     if main:
-        for f in tmp.rglob("*"):  # make the bytes durable before the rename makes them visible
-            if f.is_file():
-                with f.open("rb") as fh:
-                    os.fsync(fh.fileno())
+        _fsync_files(tmp)  # make the bytes durable before the rename makes them visible
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         if save_total_limit:
-            # only this run's older checkpoints rotate out, never the one just written (another run's
-            # higher-numbered checkpoints once made a new run delete its own as it wrote them)
-            run_id = trainer_state.get("run_id")
-            mine = [
-                c
-                for c in list_checkpoints(output_dir)
-                if c != final and c.name != keep and checkpoint_run_id(c) == run_id
-            ]
-            kept = 1 + (keep is not None and keep != final.name and (Path(output_dir) / keep).is_dir())
-            for old in mine[: max(len(mine) + kept - save_total_limit, 0)]:
-                shutil.rmtree(old, ignore_errors=True)
+            _rotate(Path(output_dir), final, trainer_state.get("run_id"), save_total_limit, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _fsync_files(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _rotate(
+    output_dir: Path, final: Path, run_id: str | None, save_total_limit: int, keep: str | None
+) -> None:
+    """Remove this run's oldest checkpoints beyond save_total_limit: only this run's, never the one just written
+    (another run's higher-numbered checkpoints once made a new run delete its own as it wrote them) nor `keep`."""
+    mine = [
+        c
+        for c in list_checkpoints(output_dir)
+        if c != final and c.name != keep and checkpoint_run_id(c) == run_id
+    ]
+    kept = 1 + (keep is not None and keep != final.name and (output_dir / keep).is_dir())
+    for old in mine[: max(len(mine) + kept - save_total_limit, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(

@@ -287,6 +287,14 @@ class PPOConfig:
     )
 
     def __post_init__(self) -> None:
+        # one-line errors naming the field, before any work; grouped by what they guard
+        self._check_sizes()
+        self._check_algorithm()
+        self._check_coefficients()
+        self._check_runtime()
+        self._check_eval_and_saving()
+
+    def _check_sizes(self) -> None:
         positive = (
             "max_steps",
             "rollout_batch_size",
@@ -303,6 +311,8 @@ class PPOConfig:
                 raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"PPOConfig.temperature must be > 0, got {self.temperature}")
+
+    def _check_algorithm(self) -> None:
         if self.advantage_estimator not in ESTIMATORS:
             raise ValueError(
                 f"PPOConfig.advantage_estimator must be one of {sorted(ESTIMATORS)}, got {self.advantage_estimator!r}"
@@ -330,6 +340,8 @@ class PPOConfig:
             raise ValueError(
                 f"PPOConfig.micro_batch_size={self.micro_batch_size} must divide mini_batch_size={self.mini_batch_size}"
             )
+
+    def _check_coefficients(self) -> None:
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"PPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -339,6 +351,8 @@ class PPOConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {value}")
+
+    def _check_runtime(self) -> None:
         if self.reward_timeout is not None and not self.reward_timeout > 0:
             raise ValueError(
                 f"PPOConfig.reward_timeout must be > 0 seconds or None, got {self.reward_timeout}"
@@ -349,6 +363,8 @@ class PPOConfig:
             raise ValueError(
                 f"PPOConfig.print_completions_steps must be >= 0, got {self.print_completions_steps}"
             )
+
+    def _check_eval_and_saving(self) -> None:
         for name in ("eval_steps",):
             if getattr(self, name) < 0:
                 raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")

@@ -81,6 +81,36 @@ def check_context_window(model_config: Any, max_prompt_length: int, max_new_toke
         )
 
 
+def prepare_prompts(
+    train_dataset: Any,
+    eval_dataset: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    args: Any,
+    num_processes: int,
+    model_config: Any,
+) -> tuple[PromptSet, PromptSet | None]:
+    """The trainer's train and eval prompts, tokenised and checked against the config (enough prompts for one
+    step on every rank, the context window, an eval dataset where evaluation is asked for)."""
+    train = tokenize_prompts(train_dataset, "train_dataset", tokenizer, args.max_prompt_length)
+    if len(train) < args.rollout_batch_size * num_processes:
+        raise ValueError(
+            f"train_dataset has {len(train)} prompts; one step needs rollout_batch_size * num_processes = "
+            f"{args.rollout_batch_size * num_processes}"
+        )
+    check_context_window(model_config, args.max_prompt_length, args.max_new_tokens)
+    if eval_dataset is None:
+        if args.eval_steps or args.eval_on_start:
+            raise ValueError(
+                f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_dataset was given "
+                "to PPOTrainer"
+            )
+        return train, None
+    evals = tokenize_prompts(eval_dataset, "eval_dataset", tokenizer, args.max_prompt_length)
+    if not len(evals):
+        raise ValueError("eval_dataset: the dataset is empty")
+    return train, evals
+
+
 def batch_indices(
     step: int, num_prompts: int, rollout_batch_size: int, num_processes: int, process_index: int, seed: int
 ) -> list[int]:

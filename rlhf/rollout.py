@@ -158,55 +158,45 @@ def sample(
     drop_finished: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling with a KV cache: what `model.generate(do_sample=True)` does (float32 softmax at
-    `temperature` (0 = greedy), attention mask extended with ones, stop when every row has ended) without its
-    per-step machinery, with a preallocated cache and inverse-CDF draws (`draw_tokens`), returning the log-prob
-    of each sampled token at `temperature`, so the rollout needs no separate forward pass for the behaviour
-    policy's log-probs.
+    `temperature` (0 = greedy), stop when every row has ended) without its per-step machinery, with a
+    preallocated cache and inverse-CDF draws (`draw_tokens`), returning the log-prob of each sampled token at
+    `temperature`, so the rollout needs no separate forward pass for the behaviour policy's log-probs.
 
-    share_prompts: a batch that repeats prompts (GRPO / RLOO groups: num_generations rows per prompt) runs the
-    prefill once per distinct prompt and copies its KV cache to the prompt's rows; the same numbers up to float
-    rounding (matmuls over fewer rows), and most of a grouped rollout's prefill work saved.
-
+    share_prompts: a batch that repeats prompts (GRPO / RLOO groups) runs the prefill once per distinct prompt and
+    copies its KV cache to the prompt's rows (the same numbers up to float rounding; most prefill work saved).
     drop_finished: once an eighth of the rows still decoding have emitted EOS, the finished ones leave the batch
-    and its KV cache (one copy of the cache per drop, not one per EOS), instead of being fed PAD to the end as
-    `generate` does. The random numbers are drawn for the whole batch every step, so which rows were dropped,
-    and when, does not change what the others sample.
+    and its KV cache (one copy per drop) instead of being fed PAD to the end as `generate` does. The random
+    numbers are drawn for the whole batch every step, so dropping rows does not change what the others sample.
 
     Returns (response_ids, logprobs), both (batch, response_len); response_len <= max_new_tokens (the loop stops
     when every row has emitted EOS, as `generate` does). Entries after a row's EOS are PAD and log-prob 0.
     """
     batch, prompt_len = query_ids.shape
     device = query_ids.device
-    eos_ids = torch.as_tensor(
-        eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=device
-    )
+    eos_ids = torch.tensor(eos_token_id, device=device).flatten()  # one id or a list of them
     # the whole attention mask up front; step t reads a prefix view instead of concatenating a new tensor
     attention_mask = torch.ones(batch, prompt_len + max_new_tokens, dtype=query_mask.dtype, device=device)
     attention_mask[:, :prompt_len] = query_mask
     position_ids = position_ids_from_mask(query_mask)  # (batch, prompt_len)
     kv_cache, cache = _preallocated_cache(model, prompt_len + max_new_tokens)
     plain_layers = all(isinstance(layer, DynamicLayer) for layer in kv_cache.layers)
-    logits = _prefill(
-        model, query_ids, query_mask, position_ids, kv_cache, cache, share_prompts and plain_layers
-    )
+    share_prompts = share_prompts and plain_layers
+    logits = _prefill(model, query_ids, query_mask, position_ids, kv_cache, cache, share_prompts)
     response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
     rows = torch.arange(batch, device=device)  # the batch rows still in the forward passes (and in the cache)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # over `rows`
     position_ids = position_ids[:, -1:]
-    length = max_new_tokens
     for t in range(max_new_tokens):
         next_ids, token_logprobs = _next_tokens(logits, temperature, batch, rows)
         next_ids = torch.where(unfinished, next_ids, pad_token_id)
         response_ids[rows, t] = next_ids
         # `where`, not a product: a finished row's -inf log-prob of PAD times 0 would be NaN
-        logprobs[rows, t] = torch.where(
-            unfinished, token_logprobs.gather(1, next_ids[:, None]).squeeze(1), 0.0
-        )
+        chosen = token_logprobs.gather(1, next_ids[:, None]).squeeze(1)
+        logprobs[rows, t] = torch.where(unfinished, chosen, 0.0)
         unfinished &= ~torch.isin(next_ids, eos_ids)
         finished = int((~unfinished).sum())  # the step's one device sync
         if t == max_new_tokens - 1 or finished == len(rows):
-            length = t + 1
             break
         if drop_finished and plain_layers and finished * 8 >= len(rows):
             keep = unfinished.nonzero().squeeze(1)
@@ -214,20 +204,34 @@ def sample(
             attention_mask, unfinished = attention_mask[keep], unfinished[keep]
             kv_cache.batch_select_indices(keep)
         position_ids = position_ids + 1
-        logits = model(
-            input_ids=next_ids[:, None],
-            attention_mask=attention_mask[:, : prompt_len + t + 1],
-            position_ids=position_ids,
-            use_cache=True,
-            **cache,
-        ).logits[:, -1]
-    logprobs = logprobs[:, :length]
+        logits = _decode(model, next_ids, attention_mask[:, : prompt_len + t + 1], position_ids, cache)
+    return response_ids[:, : t + 1], _finite(logprobs[:, : t + 1])  # t + 1 tokens: the loop ends in a break
+
+
+def _decode(
+    model: torch.nn.Module,
+    next_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: dict[str, DynamicCache],
+) -> torch.Tensor:
+    """One decode step through the KV cache: the next logits (rows, vocab) after the tokens `next_ids` (rows,)."""
+    return model(
+        input_ids=next_ids[:, None],
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **cache,
+    ).logits[:, -1]
+
+
+def _finite(logprobs: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(logprobs).all():  # one check per batch, not a device sync per token
         raise FloatingPointError(
             "the policy produced non-finite logits while sampling (NaN/inf weights or an overflow in "
             "bf16/fp16); the completions of this batch are not usable"
         )
-    return response_ids[:, :length], logprobs
+    return logprobs
 
 
 def _preallocated_cache(

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from classic.runlog import truncate_metrics
 from rlhf import build, engines
 from rlhf import checkpoint as ckpt_io
 from rlhf.advantages import get_estimator
@@ -33,7 +32,7 @@ from rlhf.evaluation import BestTracker, EvalSettings, eval_metric_names, evalua
 from rlhf.experience import annotate, make_experience
 from rlhf.export import check_hub_access, push_folder, save_model, write_card
 from rlhf.models import AdaptersOff
-from rlhf.prompts import batch_indices, check_context_window, left_pad, tokenize_prompts
+from rlhf.prompts import batch_indices, left_pad, prepare_prompts
 from rlhf.rewards import RewardModel
 from rlhf.rollout import Generator, ends_with_eos
 from rlhf.runlog import RunLog, gather_metrics, rollout_stats
@@ -98,10 +97,10 @@ class PPOTrainer:
         self._prepare_models(policy, ref_model, critic, optimizer_cls_and_kwargs)
         self.kl_ctl = build.make_kl_controller(args)
         self.loss = LossSettings.from_config(args)
+        tok = self.tokenizer
         self.generator = Generator(
-            args.max_new_tokens, args.temperature, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-            args.top_k, args.top_p,
-        )  # fmt: skip
+            args.max_new_tokens, args.temperature, tok.eos_token_id, tok.pad_token_id, args.top_k, args.top_p
+        )
         self.generator.sync_weights(acc.unwrap_model(self.policy))
         self.step = 0
         self.last_rollout: Rollout | None = None  # the last step's rollout on this rank (generate_samples)
@@ -109,16 +108,8 @@ class PPOTrainer:
         # every rank samples different completions (N+ detail: seed + rank * 100003)
         torch.manual_seed(args.seed + acc.process_index * 100003)
 
-    def _build_models(
-        self,
-        model,
-        processing_class,
-        peft_config,
-        ref_model,
-        reward_funcs,
-        reward_processing_classes,
-        value_model,
-    ) -> tuple[torch.nn.Module, PreTrainedModel | None, torch.nn.Module | None]:
+    def _build_models(self, model, processing_class, peft_config, ref_model, reward_funcs, reward_processing_classes,
+                      value_model) -> tuple[torch.nn.Module, PreTrainedModel | None, torch.nn.Module | None]:  # fmt: skip
         """Policy, tokenizer, reference, rewards and critic, built from the same seed on every rank (a fresh critic
         head, LoRA's A matrices); DeepSpeed: whole models, sharded when prepared."""
         args = self.args
@@ -134,29 +125,11 @@ class PPOTrainer:
         return policy, ref_model, critic
 
     def _prepare_data(self, train_dataset: Any, eval_dataset: Any, model_config: Any) -> None:
-        """Every prompt tokenised once, up front, so bad rows fail before any training."""
-        args, world = self.args, self.accelerator.num_processes
-        self.prompts = tokenize_prompts(
-            train_dataset, "train_dataset", self.tokenizer, args.max_prompt_length
+        """Every prompt tokenised once, up front, so bad rows fail before any training; the best-model tracker."""
+        args = self.args
+        self.prompts, self.eval_prompts = prepare_prompts(
+            train_dataset, eval_dataset, self.tokenizer, args, self.accelerator.num_processes, model_config
         )
-        if len(self.prompts) < args.rollout_batch_size * world:
-            raise ValueError(
-                f"train_dataset has {len(self.prompts)} prompts; one step needs rollout_batch_size * "
-                f"num_processes = {args.rollout_batch_size * world}"
-            )
-        check_context_window(model_config, args.max_prompt_length, args.max_new_tokens)
-        self.eval_prompts = None
-        if eval_dataset is not None:
-            self.eval_prompts = tokenize_prompts(
-                eval_dataset, "eval_dataset", self.tokenizer, args.max_prompt_length
-            )
-            if not len(self.eval_prompts):
-                raise ValueError("eval_dataset: the dataset is empty")
-        elif args.eval_steps or args.eval_on_start:
-            raise ValueError(
-                f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_dataset was given "
-                "to PPOTrainer"
-            )
         if args.metric_for_best_model and args.metric_for_best_model not in self.eval_metric_names:
             raise ValueError(
                 f"metric_for_best_model={args.metric_for_best_model!r} is not an eval metric of this run; expected "
@@ -181,14 +154,11 @@ class PPOTrainer:
             self.schedulers.append(build.make_scheduler(critic_opt, args.lr_scheduler, args.max_steps))
             self.critic, self.critic_opt = acc.prepare(critic, critic_opt)
         self.models = TrainedModels(self.policy, self.policy_opt, self.critic, self.critic_opt)
-        self.ref_model = (
-            engines.prepare_frozen(acc, ref_model, args.ref_offload) if ref_model is not None else None
-        )
+        self.ref_model = ref_model and engines.prepare_frozen(acc, ref_model, args.ref_offload)
         for func in self.rewards.funcs:
             if isinstance(func, RewardModel):
                 func.model = engines.prepare_frozen(acc, func.model, args.ref_offload)
 
-    # ------------------------------------------------------------------------------------------------------
     @property
     def needs_reference(self) -> bool:
         return self.args.kl_coef > 0 or self.args.adaptive_kl
@@ -207,10 +177,6 @@ class PPOTrainer:
         return self.rewards.funcs
 
     @property
-    def reward_names(self) -> list[str]:
-        return self.rewards.names
-
-    @property
     def eval_metric_names(self) -> list[str]:
         """The keys `evaluate` returns (metric_for_best_model must be one of them)."""
         return eval_metric_names(self.rewards.names)
@@ -227,7 +193,6 @@ class PPOTrainer:
             self.args.seed,
         )  # fmt: skip
 
-    # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, indices: list[int]) -> Rollout:
         """generate -> score -> annotate -> make_experience for the dataset rows `indices`: everything the update
@@ -263,20 +228,13 @@ class PPOTrainer:
             )  # fmt: skip
         experience = make_experience(
             samples, scores, annotations, self.estimator,
-            kl_coef=0.0 if args.kl_in_loss else self.kl_ctl.value,
-            kl_estimator=args.kl_estimator,
-            group_size=args.num_generations,
-            gamma=args.gamma,
-            gae_lambda=args.gae_lambda,
-            whiten_advantages=args.whiten_advantages,
-            scale_rewards=args.scale_rewards,
-            mask_truncated_completions=args.mask_truncated_completions,
-            reduce=lambda x: reduce_sum(acc, x),
+            kl_coef=0.0 if args.kl_in_loss else self.kl_ctl.value, kl_estimator=args.kl_estimator,
+            group_size=args.num_generations, gamma=args.gamma, gae_lambda=args.gae_lambda,
+            whiten_advantages=args.whiten_advantages, scale_rewards=args.scale_rewards,
+            mask_truncated_completions=args.mask_truncated_completions, reduce=lambda x: reduce_sum(acc, x),
         )  # fmt: skip
         stats = rollout_stats(experience, scores, self.rewards.names, args.num_generations)
-        stats.update(
-            {"time/generate": t1 - t0, "time/score": t2 - t1, "time/annotate": time.perf_counter() - t2}
-        )
+        stats.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/annotate": time.perf_counter() - t2})  # fmt: skip
         return Rollout(experience, scores, prompts, completions, stats)
 
     def update(self, experience: Any) -> dict[str, float]:
@@ -318,7 +276,6 @@ class PPOTrainer:
             settings, self.step, log, self.watchdog,
         )  # fmt: skip
 
-    # ------------------------------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
         """Run `max_steps` steps (continuing from a checkpoint if asked); returns the per-step metrics."""
         args, acc = self.args, self.accelerator
@@ -362,11 +319,7 @@ class PPOTrainer:
             log.completions(self.step, rollout, self.rewards.names)
             log.progress(row)
             # 6. checkpoint (a new best at once, so that the best checkpoint always exists)
-            if (
-                new_best
-                or (args.save_steps and self.step % args.save_steps == 0)
-                or self.step == args.max_steps
-            ):
+            if new_best or (args.save_steps and self.step % args.save_steps == 0) or self.step == args.max_steps:  # fmt: skip
                 with self.watchdog.phase("checkpoint"):
                     self.save_checkpoint()
         log.bar.close()
@@ -375,18 +328,9 @@ class PPOTrainer:
         log.close(plot=args.plot_metrics and bool(history))
         return history
 
-    # ------------------------------------------------------------------------------------------------------
-    def _checkpoint_parts(self) -> tuple[dict, dict]:
-        trained = {"policy": (self.policy, self.policy_opt)}
-        schedulers = {"policy": self.schedulers[0]}
-        if self.critic is not None:
-            trained["critic"] = (self.critic, self.critic_opt)
-            schedulers["critic"] = self.schedulers[1]
-        return trained, schedulers
-
     def save_checkpoint(self) -> Path | None:
         """checkpoint-<step>: models, optimizers, schedulers, RNG and the trainer's state (rlhf.checkpoint)."""
-        trained, schedulers = self._checkpoint_parts()
+        trained, schedulers = ckpt_io.trained_parts(self.models, self.schedulers)
         state = ckpt_io.trainer_state(
             self.step, self.run_id, self.kl_ctl.state_dict(), engines.engine_name(self.accelerator),
             self.accelerator.num_processes, dataclasses.asdict(self.args), self.best.value, self.best.checkpoint,
@@ -404,7 +348,7 @@ class PPOTrainer:
         best = self.best.checkpoint
         if best is None or best == f"{ckpt_io.PREFIX}{self.step}":
             return None
-        trained, schedulers = self._checkpoint_parts()
+        trained, schedulers = ckpt_io.trained_parts(self.models, self.schedulers)
         rng = ckpt_io.rng_state()  # the checkpoint's RNG state is for resuming, not for what comes after
         ckpt_io.load_checkpoint(self.accelerator, Path(self.args.output_dir) / best, trained, schedulers)
         ckpt_io.set_rng_state(rng)
@@ -413,18 +357,15 @@ class PPOTrainer:
         return best
 
     def _resume(self, path: Path) -> None:
-        trained, schedulers = self._checkpoint_parts()
+        trained, schedulers = ckpt_io.trained_parts(self.models, self.schedulers)
         state = ckpt_io.load_checkpoint(self.accelerator, path, trained, schedulers)
         self.step = state["step"]
         self.run_id = state.get("run_id", self.run_id)  # the resumed run keeps its id
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.best.value, self.best.checkpoint = state.get("best_metric"), state.get("best_checkpoint")
         if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
-            for name in ckpt_io.RUN_LOGS:
-                if (Path(self.args.output_dir) / name).is_file():
-                    truncate_metrics(Path(self.args.output_dir) / name, self.step)
+            ckpt_io.truncate_run_logs(self.args.output_dir, self.step)
 
-    # ------------------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """The policy (the adapter only with LoRA), tokenizer and critic (rlhf.export.save_model), a model card
         (README.md) with the run's plots; with push_to_hub the folder is then uploaded to `hub_model_id`."""
@@ -440,25 +381,16 @@ class PPOTrainer:
 
     def write_card(self, output_dir: Path) -> Path:
         """README.md in `output_dir` from the run's metrics.jsonl, with the plots copied next to it."""
-        args = self.args
+        args, acc, best = self.args, self.accelerator, self.best
         return write_card(
-            output_dir,
-            Path(args.output_dir),
-            args=args,
-            base_model=self.base_model,
-            reward_names=self.rewards.names,
-            reward_weights=self.rewards.weights.tolist(),
-            dataset_name=self.dataset_name,
-            dataset_size=len(self.prompts),
+            output_dir, Path(args.output_dir), args=args, base_model=self.base_model,
+            reward_names=self.rewards.names, reward_weights=self.rewards.weights.tolist(),
+            dataset_name=self.dataset_name, dataset_size=len(self.prompts),
             eval_size=len(self.eval_prompts) if self.eval_prompts else None,
-            best=(self.best.checkpoint, self.best.value) if self.best.checkpoint else None,
-            peft=self.use_peft,
-            world_size=self.accelerator.num_processes,
-            engine=engines.engine_name(self.accelerator),
-            model_name=output_dir.resolve().name,
-            load_from=self.hub_model_id if args.push_to_hub else str(output_dir),
-            weights_from=self.loaded_checkpoint,
-        )
+            best=(best.checkpoint, best.value) if best.checkpoint else None, peft=self.use_peft,
+            world_size=acc.num_processes, engine=engines.engine_name(acc), model_name=output_dir.resolve().name,
+            load_from=self.hub_model_id if args.push_to_hub else str(output_dir), weights_from=self.loaded_checkpoint,
+        )  # fmt: skip
 
     def generate_samples(self) -> tuple[list, list[str]]:
         """The first prompts and completions of the last rollout (for a quick look)."""

@@ -129,12 +129,26 @@ def loss_and_backward(
     _add(sums, "approx_kl", (terms.approx_kl * mask).sum())
     _add(sums, "entropy", (entropy * mask).sum())
     if models.critic is not None:
-        values = forward_values(models.critic, *micro.inputs)
-        error, clipped = F.clipped_value_error(values, micro.old_values, micro.returns, loss.value_clip_eps)
-        value_loss = (error * weights).sum() / denominator
-        engines.backward(accelerator, models.critic, loss.vf_coef * value_loss * scale)
-        _add(sums, "value_loss", value_loss)
-        _add(sums, "value_clip_fraction", (clipped * mask).sum())
+        _value_loss_and_backward(accelerator, models.critic, micro, loss, weights, denominator, scale, sums)
+
+
+def _value_loss_and_backward(
+    accelerator: Accelerator,
+    critic: torch.nn.Module,
+    micro: Experience,
+    loss: LossSettings,
+    weights: torch.Tensor,
+    denominator: torch.Tensor,
+    scale: float,
+    sums: dict[str, torch.Tensor],
+) -> None:
+    """The critic's clipped value loss over the same token weights and denominator as the policy's."""
+    values = forward_values(critic, *micro.inputs)
+    error, clipped = F.clipped_value_error(values, micro.old_values, micro.returns, loss.value_clip_eps)
+    value_loss = (error * weights).sum() / denominator
+    engines.backward(accelerator, critic, loss.vf_coef * value_loss * scale)
+    _add(sums, "value_loss", value_loss)
+    _add(sums, "value_clip_fraction", (clipped * micro.loss_mask).sum())
 
 
 def optimizer_step(
