@@ -1,7 +1,7 @@
 """`rlhf`: one command for the recipes, the demo and the plots.
 
-    rlhf train  --config recipes/gpt2_imdb_ppo.yaml [--field value ...]    # = recipes/ppo.py
-    rlhf sft    --config recipes/tldr_sft.yaml [...]                        # = recipes/sft.py (TRL SFTTrainer)
+    rlhf train  --config recipes/gpt2_imdb_ppo.yaml [--field value ...]    # = recipes/ppo.py (rlhf.train_command)
+    rlhf sft    --config recipes/tldr_sft.yaml [...]                        # = recipes/sft.py (rlhf.trl_stages)
     rlhf reward --config recipes/tldr_reward.yaml [...]                     # = recipes/reward_model.py
     rlhf demo   [...]                                                       # = rlhf-demo
     rlhf plot   RUN_DIR                                                     # PNGs from RUN_DIR/metrics.jsonl
@@ -26,20 +26,17 @@ def main(argv: list[str] | None = None) -> None:
     from classic.cli import exit_on_bad_input, parse_config_or_exit
 
     if command == "train":
-        from recipes.ppo import PPORecipeConfig
-        from recipes.ppo import main as run
+        from rlhf.train_command import PPORecipeConfig, run_ppo
 
-        run(parse_config_or_exit(PPORecipeConfig, "rlhf train", rest))
+        run_ppo(parse_config_or_exit(PPORecipeConfig, "rlhf train", rest))
     elif command == "sft":
-        from recipes.sft import SFTRecipeConfig
-        from recipes.sft import main as run
+        from rlhf.trl_stages import SFTRecipeConfig, run_sft
 
-        run(parse_config_or_exit(SFTRecipeConfig, "rlhf sft", rest))
+        run_sft(parse_config_or_exit(SFTRecipeConfig, "rlhf sft", rest))
     elif command == "reward":
-        from recipes.reward_model import RewardRecipeConfig
-        from recipes.reward_model import main as run
+        from rlhf.trl_stages import RewardRecipeConfig, run_reward
 
-        run(parse_config_or_exit(RewardRecipeConfig, "rlhf reward", rest))
+        run_reward(parse_config_or_exit(RewardRecipeConfig, "rlhf reward", rest))
     elif command == "demo":
         from rlhf.demo.pipeline import main as demo
 

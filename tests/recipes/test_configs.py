@@ -11,9 +11,8 @@ import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 
 from classic.cli import parse_config
-from recipes.ppo import PPORecipeConfig
-from recipes.reward_model import RewardRecipeConfig
-from recipes.sft import SFTRecipeConfig
+from rlhf.train_command import PPORecipeConfig
+from rlhf.trl_stages import RewardRecipeConfig, SFTRecipeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_CLASSES = {"ppo.py": PPORecipeConfig, "sft.py": SFTRecipeConfig, "reward_model.py": RewardRecipeConfig}
@@ -151,7 +150,9 @@ def test_shipped_accelerate_configs_are_exactly_these():
 
 def test_recipe_script_bad_config_is_one_line_and_exit_status_2(tmp_path):
     """`python recipes/ppo.py ...` (or under accelerate launch): a bad value is one line on stderr, status 2."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    # no PYTHONPATH: the script needs only the installed library (recipes/ is not a package)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
     cmd = [sys.executable, str(REPO / "recipes/ppo.py"), "--config", str(REPO / "recipes/gpt2_imdb_ppo.yaml")]
     result = subprocess.run(
         [*cmd, "--max_steps", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 
 from classic.cli import parse_config
-from recipes.ppo import PPORecipeConfig
-from recipes.ppo import main as ppo_main
-from recipes.reward_model import RewardRecipeConfig
-from recipes.reward_model import main as reward_main
-from recipes.sft import SFTRecipeConfig
-from recipes.sft import main as sft_main
+from rlhf.train_command import PPORecipeConfig, run_ppo
+from rlhf.trl_stages import RewardRecipeConfig, SFTRecipeConfig, run_reward, run_sft
 from tests.recipes.conftest import REPO, launch
 
 SMALL_PPO = ["--max_steps", "2", "--micro_batch_size", "2", "--num_ppo_epochs", "1", "--max_new_tokens", "4"]
@@ -154,7 +150,7 @@ def ppo_config(assets, tmp_path, *extra: str) -> PPORecipeConfig:
 def test_ppo_bad_input_fails_before_training(assets, tmp_path, monkeypatch, extra, error, message):
     extra = [assets["imdb_disk"] if e == "IMDB_DISK" else e for e in extra]
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-        ppo_main(ppo_config(assets, tmp_path, *extra))
+        run_ppo(ppo_config(assets, tmp_path, *extra))
     assert not (tmp_path / "out").exists()
 
 
@@ -167,19 +163,19 @@ def test_sft_and_reward_bad_input_fail_before_training(assets, tmp_path, monkeyp
         ["--config", str(REPO / "recipes/tldr_sft.yaml"), "--output_dir", str(tmp_path / "o")],
     )
     with pytest.raises(OSError, match="model_name_or_path='EleutherAI/pythia-410m' could not be loaded"):
-        sft_main(sft)
+        run_sft(sft)
     sft.model_name_or_path, sft.dataset_name = assets["lm"], "trl-lib/tldr"
     with pytest.raises(OSError, match="dataset_name='trl-lib/tldr' could not be loaded"):
-        sft_main(sft)
+        run_sft(sft)
     rm = parse_config(
         RewardRecipeConfig,
         ["--config", str(REPO / "recipes/tldr_reward.yaml"), "--output_dir", str(tmp_path / "o")],
     )
     with pytest.raises(FileNotFoundError, match="model_name_or_path='./runs/tldr_sft': no such local path"):
-        reward_main(rm)  # the SFT stage has not run
+        run_reward(rm)  # the SFT stage has not run
     rm.model_name_or_path, rm.dataset_name = assets["lm"], assets["tldr"]
     with pytest.raises(ValueError, match=r"no column\(s\) \['chosen', 'rejected'\]"):
-        reward_main(rm)
+        run_reward(rm)
     assert not (tmp_path / "o").exists()
 
 

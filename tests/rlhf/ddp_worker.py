@@ -14,8 +14,8 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
-from recipes.common import end_distributed
 from rlhf import PPOConfig, PPOTrainer
+from rlhf.engines import end_distributed
 from rlhf.tiny import build_causal_lm, build_reward_model, build_tokenizer
 from tests.rlhf import split_case as case
 from tests.rlhf.test_update import CASES

@@ -14,9 +14,8 @@ from pathlib import Path
 import datasets
 import torch
 
-from recipes.common import end_distributed
 from rlhf import PPOConfig, PPOTrainer
-from rlhf.engines import engine_name
+from rlhf.engines import end_distributed, engine_name
 from rlhf.tiny import build_causal_lm, build_reward_model, build_tokenizer
 
 out = Path(sys.argv[1])

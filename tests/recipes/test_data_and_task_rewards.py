@@ -1,4 +1,5 @@
-"""Dataset loading (local copies and Hub ids, with errors naming the field), prompts, and the reward functions."""
+"""rlhf.data (dataset loading from local copies and Hub ids, with errors naming the field; prompts) and
+rlhf.task_rewards (the shipped tasks' reward functions)."""
 
 import re
 import time
@@ -8,15 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from recipes.common import (
-    ClassifierLabelReward,
-    drop_long_prompts,
-    gsm8k_exact_answer,
-    gsm8k_prompts,
-    imdb_prompts,
-    load_dataset_checked,
-    parse_number,
-)
+from rlhf.data import drop_long_prompts, gsm8k_prompts, imdb_prompts, load_dataset_checked
+from rlhf.task_rewards import ClassifierLabelReward, gsm8k_exact_answer, parse_number
 
 
 @pytest.mark.parametrize(
