@@ -57,7 +57,8 @@ def _cell(text: str) -> str:
     return text.strip().replace("|", "\\|").replace("\n", " ") or "*(empty)*"
 
 
-def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
+def _plots(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The report's PNGs from the PPO stage's metrics.jsonl."""
     # training steps only (the step-0 row holds the starting model's evaluation alone)
     rows = [r for r in read_metrics(run_dir / "ppo" / "metrics.jsonl") if "reward" in r]
     plot_proxy_vs_gold(run_dir / "reward_proxy_vs_gold.png", rows, summary)
@@ -79,6 +80,11 @@ def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
         "tokens per completion",
         labels=["mean completion length"],
     )
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
+    """report.md (and its plots) in `run_dir` from the summary and the held-out samples."""
+    _plots(run_dir, summary)
     samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").open()]
     s = summary
     sec = s["seconds"]
@@ -105,6 +111,25 @@ def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
         + ", ".join(f"{k} {v:.1f}" for k, v in sec.items() if k != "total")
         + f"; total {sec['total']:.1f} ({s['num_threads']} torch threads).",
         "",
+        *_plot_section(run_dir),
+        "## Samples: the same held-out prompts, before (SFT) and after (PPO)",
+        "",
+        "| prompt | SFT completion | gold / proxy | PPO completion | gold / proxy |",
+        "|---|---|---|---|---|",
+    ]
+    for row in samples[: cfg.n_report_samples]:
+        a, b = row["sft"], row["ppo"]
+        lines.append(
+            f"| {_cell(row['prompt'])} | {_cell(a['completion'])} | {a['gold']:.2f} / {a['proxy']:.2f} "
+            f"| {_cell(b['completion'])} | {b['gold']:.2f} / {b['proxy']:.2f} |"
+        )
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plot_section(run_dir: Path) -> list[str]:
+    return [
         "## Plots",
         "",
         "![proxy vs gold reward](reward_proxy_vs_gold.png)",
@@ -126,17 +151,4 @@ def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
             if (run_dir / "ppo" / "eval.png").is_file()
             else []
         ),
-        "## Samples: the same held-out prompts, before (SFT) and after (PPO)",
-        "",
-        "| prompt | SFT completion | gold / proxy | PPO completion | gold / proxy |",
-        "|---|---|---|---|---|",
     ]
-    for row in samples[: cfg.n_report_samples]:
-        a, b = row["sft"], row["ppo"]
-        lines.append(
-            f"| {_cell(row['prompt'])} | {_cell(a['completion'])} | {a['gold']:.2f} / {a['proxy']:.2f} "
-            f"| {_cell(b['completion'])} | {b['gold']:.2f} / {b['proxy']:.2f} |"
-        )
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path

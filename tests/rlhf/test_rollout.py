@@ -271,3 +271,29 @@ def test_disable_dropout_covers_modules_and_llama_style_attention_dropout():
         train_logits = model(input_ids=ids).logits
         model.eval()
         assert torch.allclose(train_logits, model(input_ids=ids).logits, atol=1e-6)
+
+
+def test_a_finished_row_gets_log_prob_zero_even_where_pad_is_impossible(tokenizer, sft_policy):
+    """A finished row is fed PAD; where the policy gives PAD probability 0 (log-prob -inf), 0 * -inf would be NaN
+    and the whole batch would be refused as non-finite: the entry is set to 0 instead."""
+    pad = tokenizer.pad_token_id
+
+    class NoPad(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def forward(self, **kw):
+            out = self.model(**kw)
+            out.logits[..., pad] = float("-inf")
+            return out
+
+    query_ids, query_mask = left_padded(tokenizer)
+    torch.manual_seed(3)
+    response_ids, logprobs = sample(
+        NoPad(sft_policy), query_ids, query_mask, 16, 1.0, tokenizer.eos_token_id, pad, drop_finished=False
+    )
+    mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    assert (mask == 0).any() and (mask[:, -1] == 1).any()  # some rows finished while others still decoded
+    assert torch.isfinite(logprobs).all()
+    assert (logprobs[mask == 0] == 0).all() and (logprobs[mask == 1] < 0).all()

@@ -573,3 +573,21 @@ def test_completions_jsonl_has_one_row_per_completion_with_the_documented_fields
         assert row["reward/completion_chars_std"] == pytest.approx(chars.std().item(), abs=1e-5)
     printed = capsys.readouterr()
     assert "[step 2] reward" in printed.out + printed.err and "[step 1]" not in printed.out + printed.err
+
+
+def test_two_reward_functions_with_one_name_log_two_metrics(tmp_path, tokenizer, policy):
+    """Two lambdas once wrote the same reward/<lambda> key, the second overwriting the first."""
+    args = small_config(tmp_path, max_steps=1, reward_weights=[1.0, 0.0])
+    trainer = PPOTrainer(
+        policy,
+        [
+            lambda prompts, completions, **kw: [1.0] * len(completions),
+            lambda prompts, completions, **kw: [-3.0] * len(completions),
+        ],
+        args,
+        dataset(),
+        processing_class=tokenizer,
+    )
+    row = trainer.train()[-1]
+    assert row["reward/<lambda>"] == 1.0 and row["reward/<lambda>_2"] == -3.0
+    assert row["reward"] == 1.0  # the weight-0 function is logged, not trained on
