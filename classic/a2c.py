@@ -14,7 +14,6 @@ Defaults: Stable-Baselines3 / RL-Zoo for CartPole-v1 (8 envs, n=5, RMSprop lr 7e
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from classic.actor_critic import (
     first_solved_step,
     upgrade_saved_config,
 )
-from classic.cli import config_from_saved, parse_config_or_exit
+from classic.cli import parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
@@ -47,6 +46,7 @@ from classic.common import (
     load_model,
     make_vec_env,
     prepare_output_dir,
+    read_run_config,
     seed_everything,
 )
 from classic.functional import explained_variance, masked_whiten, value_loss
@@ -188,8 +188,7 @@ def train(cfg: A2CConfig) -> TrainResult:
 def load(run_dir: str | Path) -> Agent:
     """The trained agent of a run directory; use `agent.greedy(obs)`."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    cfg = config_from_saved(A2CConfig, json.loads(path.read_text()), source=str(path))
+    cfg = read_run_config(A2CConfig, run_dir)
     env = gym.make(cfg.env_id)
     agent = Agent(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std

@@ -144,8 +144,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file '{path}' does not exist")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        # yaml's own message spans several lines and quotes the file; one line with the place is enough
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"config file '{path}' is not valid YAML ({where}{problem})") from None
     if not isinstance(data, dict):
         raise ValueError(
             f"config file '{path}': expected a mapping of field: value, got {type(data).__name__}"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classic.cli import exit_on_bad_input
+from classic.cli import config_from_saved, exit_on_bad_input
 from classic.runlog import MetricsWriter, explain_full_disk, plot_curves, plot_panels, read_metrics
 
 # renames every classic config shares (to the names rlhf.config.PPOConfig uses), for their `RENAMED` maps
@@ -54,7 +54,31 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
         hint = f" Similar ids: {close}." if close else ""
+        if env_id.startswith("ALE/"):  # registered by ale-py, which gymnasium does not install by default
+            hint += ' Atari ids (ALE/...) need ale-py: pip install "gymnasium[atari]", then import ale_py.'
         raise ValueError(f"unknown env_id {env_id!r}: not a registered gymnasium id.{hint}")
+
+
+def read_run_config(cls: type, run_dir: str | Path) -> Any:
+    """The config a run saved in `run_dir/config.json` (old field names translated, `config_from_saved`), for the
+    algorithms' `load`: a missing directory or file, or a damaged one, is one line naming it."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory '{run_dir}' does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"run directory '{run_dir}' has no config.json: not a run directory, or its run has not started"
+        )
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"run config '{path}' is damaged: not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"run config '{path}' is not a JSON object of field: value (got {type(values).__name__})"
+        )
+    return config_from_saved(cls, values, source=str(path))
 
 
 def seed_everything(seed: int, num_threads: int | None = None) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classic.cli import config_from_saved, parse_config, parse_config_or_exit
+from classic.cli import parse_config, parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
@@ -45,6 +45,7 @@ from classic.common import (
     load_model,
     make_vec_env,
     prepare_output_dir,
+    read_run_config,
     seed_everything,
 )
 
@@ -329,8 +330,7 @@ def train(cfg: DQNConfig) -> TrainResult:
 def load(run_dir: str | Path) -> QNetwork:
     """The greedy agent saved in `run_dir` (its config.json and model.pt)."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    cfg = config_from_saved(DQNConfig, json.loads(path.read_text()), source=str(path))
+    cfg = read_run_config(DQNConfig, run_dir)
     envs = make_env(cfg)
     q_network = QNetwork(envs.single_observation_space, int(envs.single_action_space.n), cfg.hidden_sizes)
     envs.close()

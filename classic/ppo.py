@@ -16,7 +16,6 @@ grad-norm clipping, observation/reward normalisation for continuous control. Def
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from classic.actor_critic import (
     first_solved_step,
     upgrade_saved_config,
 )
-from classic.cli import config_from_saved, parse_config_or_exit
+from classic.cli import parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
@@ -49,6 +48,7 @@ from classic.common import (
     load_model,
     make_vec_env,
     prepare_output_dir,
+    read_run_config,
     seed_everything,
 )
 from classic.functional import explained_variance, masked_whiten, ppo_policy_loss, value_loss
@@ -269,8 +269,7 @@ def train(cfg: PPOConfig) -> TrainResult:
 def load(run_dir: str | Path) -> Agent:
     """The trained agent of a run directory (observation normaliser included); use `agent.greedy(obs)`."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    cfg = config_from_saved(PPOConfig, json.loads(path.read_text()), source=str(path))
+    cfg = read_run_config(PPOConfig, run_dir)
     env = gym.make(cfg.env_id)
     agent = Agent(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.normalize_obs, cfg.init_log_std

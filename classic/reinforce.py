@@ -13,7 +13,6 @@ policy step and use Adam on the mean over the batch. `whiten_returns` standardis
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from classic.cli import config_from_saved, parse_config, parse_config_or_exit
+from classic.cli import parse_config, parse_config_or_exit
 from classic.common import (
     RENAMED_RUN_FIELDS,
     Run,
@@ -37,6 +36,7 @@ from classic.common import (
     load_model,
     make_vec_env,
     prepare_output_dir,
+    read_run_config,
     seed_everything,
 )
 from classic.dqn import TrainResult, default_run_dir
@@ -241,8 +241,7 @@ def train(cfg: ReinforceConfig) -> TrainResult:
 def load(run_dir: str | Path) -> Agent:
     """The agent saved in `run_dir` (its config.json and model.pt); `agent.act(obs)` is greedy."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    cfg = config_from_saved(ReinforceConfig, json.loads(path.read_text()), source=str(path))
+    cfg = read_run_config(ReinforceConfig, run_dir)
     envs = make_env(cfg)
     agent = Agent(envs.single_observation_space.shape[0], int(envs.single_action_space.n), cfg.hidden_sizes)
     envs.close()
