@@ -444,10 +444,9 @@ def run_eval(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
             "length": [len(r) for _, r in token_ids[name]],
             "eos": [bool(len(r)) and int(r[-1]) == tokenizer.eos_token_id for _, r in token_ids[name]],
         }
-    # KL(PPO || SFT) per completion, estimated on PPO's own samples (k1, summed over tokens; nats)
-    logp_ppo = stages.sequence_logprobs(policies["ppo"], token_ids["ppo"])
-    logp_sft = stages.sequence_logprobs(policies["sft"], token_ids["ppo"])
-    kl = statistics.mean(a - b for a, b in zip(logp_ppo, logp_sft))
+    # KL(PPO || SFT) per completion, estimated on PPO's own samples (k1, summed over tokens; nats), both policies
+    # at the temperature the samples were drawn at
+    kl = stages.sampled_kl(policies["ppo"], policies["sft"], token_ids["ppo"], cfg.temperature)
     wins = [
         (p > s) + 0.5 * (p == s) for p, s in zip(results["ppo"]["gold"], results["sft"]["gold"])
     ]  # ties count half

@@ -186,12 +186,17 @@ def sample(
 ) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Completions sampled with a fixed seed, so SFT and PPO policies are compared on the same prompts with the
     same random stream. Returns the texts (special tokens dropped) and, per row, the exact token ids
-    `(prompt_ids, response_ids)` (response up to and including EOS) for log-probabilities."""
+    `(prompt_ids, response_ids)` (response up to and including EOS) for log-probabilities. A tokenizer without
+    PAD (a user's --sft_model) gets EOS as PAD; prompts are padded on the left, whatever its padding_side, so that
+    every row's completion starts right after its prompt."""
     model.eval()
+    ensure_pad_token(tokenizer)
     torch.manual_seed(seed)
     texts, token_ids = [], []
     for i in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        batch = tokenizer(
+            prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left"
+        )  # (batch, longest_prompt)
         out = model.generate(
             **batch,
             do_sample=True,
@@ -229,14 +234,29 @@ def pairwise_accuracy(rm: RewardModel, chosen: list[str], rejected: list[str]) -
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: PreTrainedModel, token_ids: list[tuple[torch.Tensor, torch.Tensor]]
+    model: PreTrainedModel, token_ids: list[tuple[torch.Tensor, torch.Tensor]], temperature: float = 1.0
 ) -> list[float]:
-    """Sum of log-probabilities (temperature 1) of each response's tokens given its prompt."""
+    """Sum of log-probabilities of each response's tokens given its prompt, under the policy at `temperature`
+    (log_softmax(logits / T), the distribution `sample` draws from)."""
     model.eval()
     totals = []
     for prompt_ids, response_ids in token_ids:
         ids = torch.cat([prompt_ids, response_ids])[None]  # (1, prompt_len + response_len)
         logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (response_len, vocab)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, response_ids[:, None])
+        logprobs = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, response_ids[:, None])
         totals.append(float(logprobs.sum()))
     return totals
+
+
+def sampled_kl(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    token_ids: list[tuple[torch.Tensor, torch.Tensor]],
+    temperature: float,
+) -> float:
+    """KL(policy || reference) per completion, estimated on the policy's own samples drawn at `temperature`
+    (k1: log pi(y|x) - log pi_ref(y|x), summed over tokens, averaged over completions; nats). Both
+    log-probabilities at the sampling temperature, as the trainer's KL is."""
+    logp = sequence_logprobs(policy, token_ids, temperature)
+    ref_logp = sequence_logprobs(reference, token_ids, temperature)
+    return sum(a - b for a, b in zip(logp, ref_logp)) / len(token_ids)

@@ -1,6 +1,7 @@
 """The offline RLHF demo: the gold judge and data by hand, then one shortened run of the real pipeline (same code
 path as `rlhf-demo`, smaller sizes) checked for files, finite numbers and a gold-reward improvement."""
 
+import copy
 import json
 import math
 import re
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from classic.cli import parse_config
 from rlhf.demo import corpus
@@ -335,3 +337,57 @@ def test_trl_configs_get_checkpointing_off_under_the_current_name(tmp_path):
         args = SFTConfig(**_trl_common(DemoConfig(), tmp_path, 10, 8, 1e-4))
     assert getattr(args, "activation_checkpointing", args.gradient_checkpointing) is False
     assert args.gradient_checkpointing is False
+
+
+def test_eval_sampling_pads_left_even_with_a_tokenizer_without_pad(tokenizer, sft_policy):
+    """A user's --sft_model may ship a tokenizer with no PAD token and right padding (GPT-2's): the evaluation's
+    completions must still be those of each prompt alone (near-greedy sampling, so they are comparable)."""
+    from rlhf.demo import stages
+
+    user_tokenizer = copy.deepcopy(tokenizer)
+    user_tokenizer.pad_token = None
+    user_tokenizer.padding_side = "right"
+    prompts = ["the cat", "a dog ran in the park with", "good"]  # different lengths: padding matters
+    _, token_ids = stages.sample(sft_policy, user_tokenizer, prompts, 6, temperature=1e-4, seed=0)
+    for prompt, (prompt_ids, response_ids) in zip(prompts, token_ids):
+        alone = tokenizer(prompt, return_tensors="pt")
+        out = sft_policy.generate(
+            **alone, do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )[0, alone.input_ids.shape[1] :]  # fmt: skip
+        is_eos = (out == tokenizer.eos_token_id).nonzero()
+        expected = out[: int(is_eos[0]) + 1] if len(is_eos) else out
+        assert prompt_ids.tolist() == alone.input_ids[0].tolist()
+        assert response_ids.tolist() == expected.tolist(), prompt
+
+
+def test_eval_kl_uses_the_sampling_temperature(tokenizer, sft_policy, policy):
+    """KL(PPO || SFT) on samples drawn at temperature T is between the two tempered distributions: every
+    log-probability is log_softmax(logits / T), as in training. Checked against a slow loop over positions."""
+    from rlhf.demo import stages
+
+    texts = [("the cat sat", " on the mat"), ("a dog", " ran in the park"), ("good", " good very good")]
+    token_ids = [
+        (tokenizer(p, return_tensors="pt").input_ids[0], tokenizer(r, return_tensors="pt").input_ids[0])
+        for p, r in texts
+    ]
+    temperature = 0.7
+
+    def by_hand(model):
+        totals = []
+        with torch.no_grad():
+            for prompt_ids, response_ids in token_ids:
+                logits = model(torch.cat([prompt_ids, response_ids])[None]).logits[0]  # (len, vocab)
+                total = 0.0
+                for t, token in enumerate(response_ids):
+                    position = len(prompt_ids) - 1 + t  # the logits that predict response token t
+                    total += torch.log_softmax(logits[position] / temperature, -1)[token].item()
+                totals.append(total)
+        return totals
+
+    ppo_ref, sft_ref = by_hand(policy), by_hand(sft_policy)
+    got = stages.sequence_logprobs(policy, token_ids, temperature=temperature)
+    assert got == pytest.approx(ppo_ref, abs=1e-4)
+    kl = stages.sampled_kl(policy, sft_policy, token_ids, temperature)
+    assert kl == pytest.approx(sum(a - b for a, b in zip(ppo_ref, sft_ref)) / len(texts), abs=1e-4)
+    assert kl != pytest.approx(stages.sampled_kl(policy, sft_policy, token_ids, 1.0), abs=1e-3)
