@@ -14,11 +14,13 @@ parameters):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,17 +47,48 @@ def _check(path: Path, field: str) -> None:
         )
 
 
+def _damage(path: Path) -> str | None:
+    """What is wrong with a GGUF file that its reader cannot read to the end (the `gguf` package's reader checks
+    that the metadata and every tensor fit in the file), or None when it reads."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as err:  # any failure to read the file is the damage to report
+        return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    return None
+
+
+@contextlib.contextmanager
+def _explain_damage(path: Path, field: str) -> Iterator[None]:
+    """Around a read of `path`: if it fails and the file itself does not read (cut off by an interrupted download
+    or copy, or not a GGUF file), one line naming the file instead of the reader's error (`cannot reshape
+    array of size ...`, `unpack_from requires a buffer ...`). Other failures are re-raised as they are."""
+    try:
+        yield
+    except Exception as err:
+        damage = _damage(path)
+        if damage is None:
+            raise
+        raise ValueError(
+            f"{field}={str(path)!r}: the GGUF file is truncated or corrupt ({path.stat().st_size} bytes; "
+            f"{damage}); download or convert it again"
+        ) from err
+
+
 def load_gguf_tokenizer(path: str | Path, field: str = "model") -> PreTrainedTokenizerBase:
     path = Path(path).expanduser()
     _check(path, field)
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    with _explain_damage(path, field):
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 def load_gguf_config(path: str | Path, field: str = "model") -> PretrainedConfig:
     """The model config a GGUF file describes (read from its metadata, no weights de-quantised)."""
     path = Path(path).expanduser()
     _check(path, field)
-    return copy.deepcopy(_read_gguf_config(path.resolve(), path.stat().st_mtime_ns))
+    with _explain_damage(path, field):
+        return copy.deepcopy(_read_gguf_config(path.resolve(), path.stat().st_mtime_ns))
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,7 +101,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, field: str =
     """A causal LM from a GGUF file, de-quantised to `dtype`, with no trace of the quantisation left."""
     path = Path(path).expanduser()
     _check(path, field)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    with _explain_damage(path, field):
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

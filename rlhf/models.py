@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,46 @@ def load_policy(
         return load_gguf(source, field=field)
     if isinstance(source, str):
         load_model_config(source, field=field, trust_remote_code=trust_remote_code)
-        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
+        with explain_damaged_weights(source, field):
+            return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not isinstance(source, nn.Module):
         raise TypeError(
             f"{field}: expected a Hub id, a local path or a causal LM, got {type(source).__name__}"
         )
     return source
+
+
+def _damaged_safetensors(folder: Path) -> tuple[Path, str] | None:
+    """The first `*.safetensors` file in `folder` whose header does not read or whose data does not fit in the
+    file (safetensors checks both when opening), with the reason; None when all open."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # any failure to open the file is the damage to report
+            return path, f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    return None
+
+
+@contextlib.contextmanager
+def explain_damaged_weights(source: str, field: str) -> Iterator[None]:
+    """Around `from_pretrained(source)`: if it fails and `source` is a local folder with a weight file that does
+    not open (cut off by an interrupted copy or save), one line naming that file instead of safetensors' own
+    error (`SafetensorError: ... incomplete metadata`), which names none. Other failures are left as they are."""
+    try:
+        yield
+    except Exception as err:
+        folder = Path(source).expanduser()
+        damaged = _damaged_safetensors(folder) if folder.is_dir() else None
+        if damaged is None:
+            raise
+        path, reason = damaged
+        raise ValueError(
+            f"{field}={source!r}: weight file '{path}' is truncated or corrupt ({path.stat().st_size} bytes; "
+            f"{reason}); save or download the model again"
+        ) from err
 
 
 def disable_dropout(model: nn.Module) -> None:
