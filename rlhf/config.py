@@ -293,6 +293,7 @@ class PPOConfig:
         self._check_coefficients()
         self._check_runtime()
         self._check_eval_and_saving()
+        self._check_sampling()
 
     def _check_sizes(self) -> None:
         positive = (
@@ -392,6 +393,23 @@ class PPOConfig:
             )
         if self.save_steps < 0:
             raise ValueError(f"PPOConfig.save_steps must be >= 0, got {self.save_steps}")
+
+    def _check_sampling(self) -> None:
+        """Sampling settings that generate would reject at the first step, or that leave nothing to sample."""
+        if not math.isfinite(self.temperature) or not self.temperature > 0:
+            raise ValueError(f"PPOConfig.temperature must be a finite number > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:  # NaN fails too
+            raise ValueError(
+                f"PPOConfig.top_p must be in (0, 1] (1 = no nucleus filtering), got {self.top_p}"
+            )
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(
+                f"PPOConfig.top_k must be an integer >= 0 (0 = no top-k filtering), got {self.top_k}"
+            )
+        if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
+            raise ValueError(
+                f"PPOConfig.eval_temperature must be >= 0 (0 = greedy), got {self.eval_temperature}"
+            )
 
     @property
     def batch_size(self) -> int:

@@ -129,3 +129,38 @@ def test_a_column_named_like_a_reward_argument_is_refused_up_front(tmp_path, tok
             processing_class=tokenizer,
         )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"top_p": 0.0}, r"^PPOConfig\.top_p must be in \(0, 1\] \(1 = no nucleus filtering\), got 0\.0$"),
+        ({"top_p": 1.5}, r"^PPOConfig\.top_p must be in \(0, 1\] \(1 = no nucleus filtering\), got 1\.5$"),
+        ({"top_p": float("nan")}, r"^PPOConfig\.top_p must be in \(0, 1\] .*got nan$"),
+        ({"top_k": -1}, r"^PPOConfig\.top_k must be an integer >= 0 \(0 = no top-k filtering\), got -1$"),
+        ({"temperature": float("inf")}, r"^PPOConfig\.temperature must be a finite number > 0, got inf$"),
+        ({"temperature": float("nan")}, r"^PPOConfig\.temperature must be a finite number > 0, got nan$"),
+        (
+            {"eval_temperature": float("inf")},
+            r"^PPOConfig\.eval_temperature must be >= 0 \(0 = greedy\), got inf$",
+        ),
+    ],
+    ids=[
+        "top_p-0",
+        "top_p-1.5",
+        "top_p-nan",
+        "top_k-neg",
+        "temperature-inf",
+        "temperature-nan",
+        "eval_temp-inf",
+    ],
+)
+def test_sampling_settings_are_checked_up_front(tmp_path, setting, message):
+    """Settings that would fail at the first generate call (or sample from nothing) are one line at construction."""
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **setting)
+
+
+def test_sampling_settings_at_their_limits_are_accepted(tmp_path):
+    config(tmp_path, top_p=1.0, top_k=0, temperature=1e-3, eval_temperature=0.0)
+    config(tmp_path, top_p=1e-6, top_k=50, temperature=5.0, eval_temperature=0.7)
