@@ -59,15 +59,18 @@ def masked_whiten(
 
 
 def discounted_returns(
-    rewards: torch.Tensor, gamma: float, dones: torch.Tensor | None = None
+    rewards: torch.Tensor, gamma: float | torch.Tensor, dones: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """G_t = r_{t+1} + gamma * G_{t+1}, restarted after every `done` (S&B eq. 3.9). Shape (..., T)."""
+    """G_t = r_{t+1} + gamma * G_{t+1}, restarted after every `done` (S&B eq. 3.9). Shape (..., T).
+
+    gamma: one discount, or one per step (..., T) (gamma_t discounts G_{t+1}: e.g. 1 between the tokens of a
+    reply and the env's discount between turns)."""
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     for t in reversed(range(rewards.shape[-1])):
         if dones is not None:
             running = running * (1.0 - dones[..., t])
-        running = rewards[..., t] + gamma * running
+        running = rewards[..., t] + (gamma if isinstance(gamma, float | int) else gamma[..., t]) * running
         returns[..., t] = running
     return returns
 
@@ -78,10 +81,11 @@ def gae_advantages(
     next_values: torch.Tensor,
     terminated: torch.Tensor,
     dones: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised Advantage Estimation (Schulman et al. 2016, eq. 16). All inputs (..., T).
+    """Generalised Advantage Estimation (Schulman et al. 2016, eq. 16). All inputs (..., T); gamma one discount
+    or one per step (gamma_t discounts what follows step t).
 
     delta_t = r_{t+1} + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)
     A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}
@@ -95,7 +99,8 @@ def gae_advantages(
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     for t in reversed(range(rewards.shape[-1])):
-        running = deltas[..., t] + gamma * lam * not_done[..., t] * running
+        gamma_t = gamma if isinstance(gamma, float | int) else gamma[..., t]
+        running = deltas[..., t] + gamma_t * lam * not_done[..., t] * running
         advantages[..., t] = running
     return advantages, advantages + values
 

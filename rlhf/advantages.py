@@ -185,3 +185,64 @@ def compute_advantages(
     if est.whiten if whiten is None else whiten:
         advantages = whiten_tokens(advantages, mask, reduce)
     return advantages, returns
+
+
+def compute_trajectory_advantages(
+    estimator: str | Estimator,
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    kl_coef: float,
+    action_mask: torch.Tensor,
+    turn_ends: torch.Tensor,
+    turn_rewards: torch.Tensor,
+    group_size: int = 1,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    gae_lambda: float = 0.95,
+    whiten: bool | None = None,
+    scale_rewards: str = "group",
+    reduce: Reduce = _identity,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (advantages, returns) for multi-turn episodes, both (batch, T), zero off the action tokens.
+
+    One row is one episode, [reply_1 | obs_1 | reply_2 | ... | reply_K] after its prompt; action_mask is 1 on the
+    tokens the policy sampled, turn_ends 1 on the last token of each reply, turn_rewards the env's reward of that
+    turn there (0 elsewhere). The convention:
+    - only action tokens are time steps: observation tokens are skipped, never bootstrapped through (the value
+      after a reply's last token is the critic's value at the next reply's first token);
+    - `gamma` discounts between turns (one env step), 1 between the tokens of a reply; lambda as usual;
+    - gae: r_t = env reward at each turn's last token - beta * KL_t on every action token; the episode ends at
+      its last action token (a truncated episode is not bootstrapped: nothing follows it in the sequence);
+    - critic-free estimators: the baseline of the episode return `scores` (groups = group_size episodes of the
+      same env seed, consecutive rows) at the last action token, - beta * KL_t, returns-to-go with the same
+      discounts, optionally whitened over all action tokens of all ranks.
+    Implemented by moving each row's action tokens to the front (in order), running the single-turn math with
+    per-step discounts, and moving the results back.
+    """
+    est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
+    order = torch.argsort(
+        (action_mask == 0).to(torch.int8), dim=1, stable=True
+    )  # action tokens first, in order
+    mask = action_mask.gather(1, order)
+    kl_c = kl.gather(1, order) * mask
+    discount = torch.where(turn_ends.gather(1, order) > 0, gamma, 1.0)  # (batch, T): gamma at a turn's end
+    done = torch.zeros_like(mask)
+    done[torch.arange(len(mask), device=mask.device), last_token_index(mask)] = 1.0
+    if est.needs_critic:
+        if values is None:
+            raise ValueError(f"advantage_estimator={est.name!r} needs critic values")
+        rewards = turn_rewards.gather(1, order) * mask - kl_coef * kl_c
+        values_c = values.gather(1, order) * mask
+        next_values = torch.cat([values_c[:, 1:], torch.zeros_like(values_c[:, :1])], dim=1)
+        advantages, returns = F.gae_advantages(
+            rewards, values_c, next_values, done, done, discount, gae_lambda
+        )
+        advantages, returns = advantages * mask, returns * mask
+    else:
+        shaped = est.baseline(scores, group_size, scale_rewards, reduce)
+        returns = F.discounted_returns(per_token_rewards(shaped, kl_c, mask, kl_coef), discount, done) * mask
+        advantages = returns
+    if est.whiten if whiten is None else whiten:
+        advantages = whiten_tokens(advantages, mask, reduce)
+    back = torch.argsort(order, dim=1)  # the inverse permutation
+    return advantages.gather(1, back), returns.gather(1, back)

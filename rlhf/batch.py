@@ -47,9 +47,21 @@ class Samples:
     # (B, T) log-prob of each sampled token under the sampling policy at the sampling temperature, when the sampler
     # computed them on the way (ours does; `model.generate` does not): None otherwise
     sampled_logprobs: torch.Tensor | None = None
+    # multi-turn episodes (rlhf/episodes.py), None for single-turn completions. The response is then
+    # [reply_1 | obs_1 | reply_2 | ... | reply_K]: response_mask 1 on all of it, action_mask 1 on the sampled reply
+    # tokens only (observation and chat-template tokens are 0), turn_ends 1 on each reply's last token and
+    # env_rewards the env's reward for that turn there (0 elsewhere). All (B, T).
+    action_mask: torch.Tensor | None = None
+    turn_ends: torch.Tensor | None = None
+    env_rewards: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
+
+    @property
+    def actions(self) -> torch.Tensor:
+        """(B, T) 1 on the tokens the policy sampled: action_mask for episodes, else response_mask."""
+        return self.response_mask if self.action_mask is None else self.action_mask
 
     def select(self, idx: torch.Tensor | slice) -> Samples:
         return select_rows(self, idx)
@@ -88,8 +100,9 @@ class Experience:
     query_ids: torch.Tensor  # (B, P)
     query_mask: torch.Tensor  # (B, P)
     response_ids: torch.Tensor  # (B, T)
-    response_mask: torch.Tensor  # (B, T) real completion tokens
-    # (B, T) response_mask with completions excluded from every loss (mask_truncated_completions) zeroed
+    response_mask: torch.Tensor  # (B, T) real tokens after the prompt (what the forward passes attend to)
+    # (B, T) the tokens the policy sampled, with completions excluded from every loss (mask_truncated_completions)
+    # zeroed: the loss and every token statistic (KL, entropy, clipping) count these tokens only
     loss_mask: torch.Tensor
     advantages: torch.Tensor  # (B, T)
     returns: torch.Tensor  # (B, T) value targets (gae) or reward-to-go
@@ -99,6 +112,12 @@ class Experience:
     old_values: torch.Tensor | None = None  # (B, T)
     # (B, T) per-token KL estimate (old vs reference) when both are known before the update, else None
     kl: torch.Tensor | None = None
+    # (B, T) the policy's sampled tokens (Samples.actions): response_mask for single-turn completions
+    action_mask: torch.Tensor | None = None
+
+    @property
+    def actions(self) -> torch.Tensor:
+        return self.response_mask if self.action_mask is None else self.action_mask
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -118,5 +137,7 @@ class Rollout:
     experience: Experience
     scores: Scores
     prompts: list[Any]  # B prompts as given (text or chat messages), each repeated num_generations times
-    completions: list[str]  # B decoded completions
+    completions: list[str]  # B decoded completions (episodes: the whole dialogue after the prompt)
     stats: dict[str, float | None] = field(default_factory=dict)  # rollout metrics and timings of this rank
+    # episodes: one dict per row for completions.jsonl (each turn's reply, observation and reward; return, success)
+    extras: list[dict[str, Any]] | None = None

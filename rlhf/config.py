@@ -52,6 +52,14 @@ class PPOConfig:
         default=128, metadata={"help": "prompts longer than this (in tokens) are an error"}
     )
     max_new_tokens: int = field(default=32, metadata={"help": "completion budget in tokens"})
+    max_turns: int = field(
+        default=8,
+        metadata={
+            "help": "env episodes (PPOTrainer's env_factory): the most replies per episode, each up to "
+            "max_new_tokens; an episode also ends when its next reply would not fit the context window. Prompt "
+            "datasets are single-turn"
+        },
+    )
     temperature: float = field(
         default=1.0, metadata={"help": "sampling temperature; log-probs use the same temperature"}
     )
@@ -306,6 +314,7 @@ class PPOConfig:
             "max_prompt_length",
             "max_new_tokens",
             "logging_steps",
+            "max_turns",
         )
         for name in positive:
             if getattr(self, name) <= 0:

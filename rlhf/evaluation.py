@@ -177,3 +177,72 @@ def _append_rows(accelerator: Accelerator, path: Path, rows: list[dict[str, Any]
     if accelerator.is_main_process:
         with open(path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+EPISODE_METRICS = (
+    "episode_return",
+    "success_rate",
+    "invalid_action_fraction",
+    "episode_turns",
+    "tokens_per_turn",
+)
+
+
+@torch.no_grad()
+def evaluate_episodes(
+    accelerator: Accelerator,
+    policy: torch.nn.Module,
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    envs: list[Any],
+    seeds: list[int],
+    settings: EvalSettings,
+    step: int,
+    max_turns: int,
+    max_length: int,
+) -> dict[str, float]:
+    """One episode per held-out env seed (settings.num_generations each; greedy unless temperature > 0), split
+    evenly over ranks like `evaluate`; returns eval/<EPISODE_METRICS> over all ranks, the same on every rank."""
+    from rlhf.episodes import run_episodes
+
+    acc = accelerator
+    mine, n_valid = _my_rows(len(seeds), settings.num_generations, acc)
+    t0 = time.perf_counter()
+    generator = copy.copy(generator)
+    generator.temperature = settings.temperature
+    rows = []
+    device_type = acc.device.type if acc.device.type != "cpu" else "cuda"
+    devices = [acc.device.index or 0] if acc.device.type != "cpu" else []
+    with torch.random.fork_rng(devices=devices, device_type=device_type):
+        torch.manual_seed(settings.seed + 1_000_003 * (step + 1) + acc.process_index)
+        with acc.autocast(), engines.gathered_parameters(acc, policy):
+            for start in range(0, len(mine), len(envs)):
+                chunk = [seeds[i] for i in mine[start : start + len(envs)]]
+                batch = run_episodes(generator, tokenizer, envs, chunk, max_turns, max_length, acc.device)
+                rows += [
+                    [
+                        d["return"],
+                        d["success"],
+                        sum(t["invalid"] for t in d["turns"]),
+                        len(d["turns"]),
+                        d["tokens"],
+                    ]
+                    for d in batch.dialogues
+                ]
+    real = [float(i < n_valid) for i in range(len(mine))]
+    local = torch.tensor(
+        [[*map(float, r), m] for r, m in zip(rows, real)], dtype=torch.float64, device=acc.device
+    )
+    every = acc.gather(local) if acc.num_processes > 1 else local
+    every = every[every[:, -1] == 1].cpu()
+    turns = max(every[:, 3].sum().item(), 1.0)
+    metrics = {
+        "eval/episode_return": every[:, 0].mean().item(),
+        "eval/success_rate": every[:, 1].mean().item(),
+        "eval/invalid_action_fraction": every[:, 2].sum().item() / turns,
+        "eval/episode_turns": every[:, 3].mean().item(),
+        "eval/tokens_per_turn": every[:, 4].sum().item() / turns,
+    }
+    metrics = {k: round(v, 6) for k, v in metrics.items()}
+    metrics["time/eval"] = round(time.perf_counter() - t0, 3)
+    return metrics

@@ -12,7 +12,13 @@ from collections.abc import Callable
 
 import torch
 
-from rlhf.advantages import Estimator, Reduce, compute_advantages, get_estimator
+from rlhf.advantages import (
+    Estimator,
+    Reduce,
+    compute_advantages,
+    compute_trajectory_advantages,
+    get_estimator,
+)
 from rlhf.batch import Annotations, Experience, Samples, Scores
 from rlhf.kl import kl_penalty
 from rlhf.rollout import forward_logprobs, forward_values
@@ -107,16 +113,11 @@ def make_experience(
     the metrics. group_size: consecutive rows that share a prompt (num_generations). `reduce` sums over
     processes (batch-wide whitening and scaling; whiten_advantages None: the estimator's default). mask_truncated_completions: completions that never emitted EOS
     get loss_mask 0 (they train nothing)."""
-    mask = samples.response_mask
+    mask = samples.actions  # the sampled tokens: the response, or an episode's replies
     kl = None
     if annotations.old_logprobs is not None and annotations.ref_logprobs is not None:
         kl = kl_penalty(annotations.old_logprobs, annotations.ref_logprobs, kl_estimator) * mask
-    advantages, returns = compute_advantages(
-        get_estimator(estimator) if isinstance(estimator, str) else estimator,
-        scores.total,
-        kl if kl is not None else torch.zeros_like(mask),
-        kl_coef,
-        mask,
+    common = dict(
         group_size=group_size,
         values=annotations.values,
         gamma=gamma,
@@ -125,6 +126,14 @@ def make_experience(
         scale_rewards=scale_rewards,
         reduce=reduce,
     )
+    est = get_estimator(estimator) if isinstance(estimator, str) else estimator
+    kl_or_zero = kl if kl is not None else torch.zeros_like(mask)
+    if samples.action_mask is None:
+        advantages, returns = compute_advantages(est, scores.total, kl_or_zero, kl_coef, mask, **common)
+    else:  # multi-turn episodes: env rewards per turn, gamma between turns (see the function's docstring)
+        advantages, returns = compute_trajectory_advantages(
+            est, scores.total, kl_or_zero, kl_coef, mask, samples.turn_ends, samples.env_rewards, **common
+        )
     loss_mask = mask * scores.ended_with_eos[:, None] if mask_truncated_completions else mask
     return Experience(
         query_ids=samples.query_ids,
@@ -139,4 +148,5 @@ def make_experience(
         ref_logprobs=annotations.ref_logprobs,
         old_values=annotations.values,
         kl=kl,
+        action_mask=samples.action_mask,
     )

@@ -69,11 +69,16 @@ def tokenize_prompts(
     return PromptSet(prompts, columns, prompt_ids)
 
 
-def check_context_window(model_config: Any, max_prompt_length: int, max_new_tokens: int) -> None:
-    """The longest prompt plus the longest completion must fit the model's positions."""
-    max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(
+def context_window(model_config: Any) -> int | None:
+    """The model's number of positions (None when its config does not say)."""
+    return getattr(model_config, "max_position_embeddings", None) or getattr(
         model_config, "n_positions", None
     )
+
+
+def check_context_window(model_config: Any, max_prompt_length: int, max_new_tokens: int) -> None:
+    """The longest prompt plus the longest completion must fit the model's positions."""
+    max_positions = context_window(model_config)
     if max_positions and max_prompt_length + max_new_tokens > max_positions:
         raise ValueError(
             f"max_prompt_length + max_new_tokens = {max_prompt_length + max_new_tokens} exceeds the "

@@ -45,7 +45,7 @@ def rollout_stats(
 ) -> dict[str, float | None]:
     """This rank's rollout metrics: rewards (total and per function), completion lengths, EOS, KL, zero-std
     groups (group_size consecutive rows per prompt), the critic's explained variance."""
-    mask, total = exp.response_mask, scores.total
+    mask, total = exp.actions, scores.total  # sampled tokens only (an episode's observations are not)
     lengths = mask.sum(1)
     stats: dict[str, float | None] = {
         "reward": total.mean().item(),
@@ -73,8 +73,8 @@ def completion_rows(rollout: Rollout, reward_names: list[str]) -> list[dict[str,
     """One row per completion of a rollout: prompt, completion, each function's reward, the total, the mean token
     advantage (a critic-free estimator without a KL penalty gives every token the same one), length, EOS."""
     exp, scores = rollout.experience, rollout.scores
-    lengths = exp.response_mask.sum(1)
-    advantages = (exp.advantages * exp.response_mask).sum(1) / lengths.clamp(min=1)
+    lengths = exp.actions.sum(1)
+    advantages = (exp.advantages * exp.actions).sum(1) / lengths.clamp(min=1)
     return [
         {
             "prompt": rollout.prompts[i],
@@ -84,6 +84,9 @@ def completion_rows(rollout: Rollout, reward_names: list[str]) -> list[dict[str,
             "advantage": float(advantages[i]),
             "length": int(lengths[i]),
             "ended_with_eos": bool(scores.ended_with_eos[i]),
+            **(
+                rollout.extras[i] if rollout.extras else {}
+            ),  # episodes: each turn's reply, reward, observation
         }
         for i in range(len(rollout.completions))
     ]

@@ -1,8 +1,8 @@
 """PPOTrainer: PPO with a critic, REINFORCE++, RLOO and GRPO on a causal LM, built on accelerate.
 
 One step, top to bottom (`train`), each stage a function of rlhf/ with typed inputs and outputs (rlhf/batch.py):
-    prompts ─ left_pad ─► Generator.generate          ─► Samples      (rollout.py, prompts.py)
-      ─► RewardSet(prompts, completions, ...)         ─► Scores       (rewards.py)
+    rows ─► source.generate: prompts, or env episodes ─► Samples      (sources.py, rollout.py, episodes.py)
+      ─► source.score: reward functions, or env rewards ─► Scores     (rewards.py, episodes.py)
       ─► annotate(policy, reference, critic, ...)     ─► Annotations  (experience.py: old / ref log-probs, values)
       ─► make_experience(estimator, ...)              ─► Experience   (experience.py, advantages.py)
       ─► ppo_update: epochs × minibatches × microbatches, sums / the step's denominator   (update.py, losses.py)
@@ -28,14 +28,19 @@ from rlhf import checkpoint as ckpt_io
 from rlhf.advantages import get_estimator
 from rlhf.batch import Rollout
 from rlhf.config import PPOConfig
-from rlhf.evaluation import BestTracker, EvalSettings, eval_metric_names, evaluate
+from rlhf.episodes import prepare_envs
+from rlhf.evaluation import (
+    BestTracker,
+    EvalSettings,
+)
 from rlhf.experience import annotate, make_experience
 from rlhf.export import check_hub_access, push_folder, save_model, write_card
 from rlhf.models import AdaptersOff
-from rlhf.prompts import batch_indices, left_pad, prepare_prompts
-from rlhf.rewards import RewardModel
-from rlhf.rollout import Generator, ends_with_eos
+from rlhf.prompts import batch_indices, context_window, prepare_prompts
+from rlhf.rewards import RewardModel, RewardSet
+from rlhf.rollout import Generator
 from rlhf.runlog import RunLog, gather_metrics, rollout_stats
+from rlhf.sources import EnvSource, PromptSource
 from rlhf.update import LossSettings, TrainedModels, ppo_update, reduce_sum
 
 RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
@@ -65,6 +70,9 @@ class PPOTrainer:
         ref_model: PreTrainedModel | None = None,
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        env_factory: Callable[[], Any] | None = None,
+        train_seeds: Sequence[int] | None = None,
+        eval_seeds: Sequence[int] | None = None,
     ) -> None:
         if isinstance(eval_dataset, PreTrainedTokenizerBase):  # the 5th argument is eval_dataset, as in TRL
             raise TypeError(
@@ -87,10 +95,12 @@ class PPOTrainer:
         # different numbers of them
         self.share_prompts = not engines.shards_parameters(acc)
         self.use_peft = peft_config is not None
+        self.needs_reference = args.kl_coef > 0 or args.adaptive_kl
+        self.env_factory = env_factory
         policy, ref_model, critic = self._build_models(
             model, processing_class, peft_config, ref_model, reward_funcs, reward_processing_classes, value_model
         )  # fmt: skip
-        self._prepare_data(train_dataset, eval_dataset, policy.config)
+        self._prepare_data(train_dataset, eval_dataset, policy.config, train_seeds, eval_seeds)
         # what the model card names: the base model and the data
         self.base_model = model if isinstance(model, str) else (policy.config._name_or_path or None)
         self.dataset_name = getattr(getattr(train_dataset, "info", None), "dataset_name", None)
@@ -98,9 +108,8 @@ class PPOTrainer:
         self.kl_ctl = build.make_kl_controller(args)
         self.loss = LossSettings.from_config(args)
         tok = self.tokenizer
-        self.generator = Generator(
-            args.max_new_tokens, args.temperature, tok.eos_token_id, tok.pad_token_id, args.top_k, args.top_p
-        )
+        self.generator = Generator(args.max_new_tokens, args.temperature, tok.eos_token_id, tok.pad_token_id,
+                                   args.top_k, args.top_p)  # fmt: skip
         self.generator.sync_weights(acc.unwrap_model(self.policy))
         self.step = 0
         self.last_rollout: Rollout | None = None  # the last step's rollout on this rank (generate_samples)
@@ -118,22 +127,33 @@ class PPOTrainer:
             policy, ref_model, self.tokenizer = build.build_policy(
                 model, processing_class, args, peft_config, ref_model, self.needs_reference
             )
-            self.rewards = build.build_rewards(reward_funcs, self.tokenizer, reward_processing_classes, args)
+            self.rewards = (
+                build.build_rewards(reward_funcs, self.tokenizer, reward_processing_classes, args)
+                if self.env_factory is None
+                else RewardSet([], ["env"], torch.ones(1))  # the env's rewards are the one source
+            )
             critic = None
             if self.estimator.needs_critic:  # only estimators that declare needs_critic get one
                 critic = build.build_value_model(args, policy, self.use_peft, self.rewards, value_model)
         return policy, ref_model, critic
 
-    def _prepare_data(self, train_dataset: Any, eval_dataset: Any, model_config: Any) -> None:
-        """Every prompt tokenised once, up front, so bad rows fail before any training; the best-model tracker."""
-        args = self.args
-        self.prompts, self.eval_prompts = prepare_prompts(
-            train_dataset, eval_dataset, self.tokenizer, args, self.accelerator.num_processes, model_config
-        )
-        if args.metric_for_best_model and args.metric_for_best_model not in self.eval_metric_names:
+    def _prepare_data(self, train_dataset, eval_dataset, model_config, train_seeds, eval_seeds) -> None:  # fmt: skip
+        """The source of the samples: every prompt tokenised once, up front, so bad rows fail before any training,
+        or the env runs' envs and seeds; the best-model tracker."""
+        args, world = self.args, self.accelerator.num_processes
+        if self.env_factory is None:
+            train, evals = prepare_prompts(
+                train_dataset, eval_dataset, self.tokenizer, args, world, model_config
+            )
+            self.source: Any = PromptSource(train, evals, self.rewards, self.tokenizer)
+        else:
+            envs, seeds, evals = prepare_envs(self.env_factory, train_seeds, eval_seeds, args, world)
+            window = context_window(model_config) or 2**31
+            self.source = EnvSource(envs, seeds, evals, self.tokenizer, args.max_turns, window)
+        if args.metric_for_best_model and args.metric_for_best_model not in self.source.eval_metric_names:
             raise ValueError(
                 f"metric_for_best_model={args.metric_for_best_model!r} is not an eval metric of this run; expected "
-                f"one of {self.eval_metric_names}"
+                f"one of {self.source.eval_metric_names}"
             )
         self.best = BestTracker(args.metric_for_best_model, args.greater_is_better)
         self.loaded_checkpoint: str | None = None  # set by load_best_model: the weights are that checkpoint's
@@ -155,41 +175,24 @@ class PPOTrainer:
             self.critic, self.critic_opt = acc.prepare(critic, critic_opt)
         self.models = TrainedModels(self.policy, self.policy_opt, self.critic, self.critic_opt)
         self.ref_model = ref_model and engines.prepare_frozen(acc, ref_model, args.ref_offload)
+        # what the reference log-probs come from: the reference model, the LoRA policy with adapters off, or none
+        peft_reference = self.needs_reference and self.use_peft
+        self.reference = (
+            AdaptersOff(self.policy, acc.unwrap_model(self.policy)) if peft_reference else self.ref_model
+        )
         for func in self.rewards.funcs:
             if isinstance(func, RewardModel):
                 func.model = engines.prepare_frozen(acc, func.model, args.ref_offload)
 
     @property
-    def needs_reference(self) -> bool:
-        return self.args.kl_coef > 0 or self.args.adaptive_kl
-
-    @property
-    def reference(self) -> Any:
-        """What the reference log-probs come from: the reference model, the LoRA policy with adapters off, or None."""
-        if not self.needs_reference:
-            return None
-        if self.use_peft:
-            return AdaptersOff(self.policy, self.accelerator.unwrap_model(self.policy))
-        return self.ref_model
-
-    @property
     def reward_funcs(self) -> list[Callable]:
         return self.rewards.funcs
-
-    @property
-    def eval_metric_names(self) -> list[str]:
-        """The keys `evaluate` returns (metric_for_best_model must be one of them)."""
-        return eval_metric_names(self.rewards.names)
-
-    @property
-    def updates_per_rollout(self) -> int:
-        return self.args.num_ppo_epochs * (self.args.batch_size // self.args.mini_batch_size)
 
     def batch_indices(self, step: int) -> list[int]:
         """This rank's dataset rows at `step` (a function of the step alone: exact resume)."""
         acc = self.accelerator
         return batch_indices(
-            step, len(self.prompts), self.args.rollout_batch_size, acc.num_processes, acc.process_index,
+            step, len(self.source), self.args.rollout_batch_size, acc.num_processes, acc.process_index,
             self.args.seed,
         )  # fmt: skip
 
@@ -204,13 +207,10 @@ class PPOTrainer:
         # under FSDP2 / ZeRO-3 each rank holds the whole policy while it samples: rank-local forward passes, so
         # ranks may generate different numbers of tokens
         with acc.autocast(), engines.gathered_parameters(acc, self.policy):
-            query = left_pad([self.prompts.ids[i] for i in rows], self.tokenizer.pad_token_id, acc.device)
-            samples = self.generator.generate(*query)
+            generated = self.source.generate(self.generator, rows, acc.device)
         t1 = time.perf_counter()
-        completions = self.tokenizer.batch_decode(samples.response_ids, skip_special_tokens=True)
-        prompts, columns = self.prompts.rows(rows)
-        ended = ends_with_eos(samples.response_ids, samples.response_mask, self.tokenizer.eos_token_id)
-        scores = self.rewards(prompts, completions, columns, ended, prompt_indices=rows)
+        batch = self.source.score(generated, rows)  # reward functions, or the env's rewards of each episode
+        samples, scores = batch.samples, batch.scores
         # generation and scoring are rank-local: a rank stuck there (a reward function that never returns) would
         # leave the others waiting in the next collective; the check-in names it instead
         self.watchdog.check_in("generate + score")
@@ -222,7 +222,7 @@ class PPOTrainer:
                 micro_batch_size=args.micro_batch_size,
                 # under bf16 autocast the sampler's incremental passes round differently from the update's
                 sampled_logprobs_exact=not args.bf16,
-                updates_per_rollout=self.updates_per_rollout,
+                updates_per_rollout=args.num_ppo_epochs * (args.batch_size // args.mini_batch_size),
                 kl_in_reward=not args.kl_in_loss,
                 share_prompts=self.share_prompts,
             )  # fmt: skip
@@ -235,7 +235,8 @@ class PPOTrainer:
         )  # fmt: skip
         stats = rollout_stats(experience, scores, self.rewards.names, args.num_generations)
         stats.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/annotate": time.perf_counter() - t2})  # fmt: skip
-        return Rollout(experience, scores, prompts, completions, stats)
+        stats.update(batch.stats)
+        return Rollout(experience, scores, batch.prompts, batch.completions, stats, batch.extras)
 
     def update(self, experience: Any) -> dict[str, float]:
         """PPO epochs over the frozen experience (rlhf.update.ppo_update), then one scheduler step. Returns the
@@ -263,18 +264,17 @@ class PPOTrainer:
     def evaluate(self) -> dict[str, float]:
         """eval/* metrics of the current policy on eval_dataset (rlhf.evaluation.evaluate), the same on every rank;
         with log_completions the completions go to eval_completions.jsonl."""
-        if self.eval_prompts is None:
-            raise ValueError("evaluate: no eval_dataset was given to PPOTrainer")
+        if self.source.eval_size is None:
+            raise ValueError("evaluate: no eval_dataset (or eval_seeds) was given to PPOTrainer")
         args = self.args
         self.models.train(False)
         settings = EvalSettings(
             args.eval_num_generations, args.eval_batch_size, args.eval_temperature, args.seed
         )
         log = Path(args.output_dir) / "eval_completions.jsonl" if args.log_completions else None
-        return evaluate(
-            self.accelerator, self.policy, self.generator, self.tokenizer, self.rewards, self.eval_prompts,
-            settings, self.step, log, self.watchdog,
-        )  # fmt: skip
+        return self.source.evaluate(
+            self.accelerator, self.policy, self.generator, settings, self.step, log, self.watchdog
+        )
 
     def train(self) -> list[dict[str, float]]:
         """Run `max_steps` steps (continuing from a checkpoint if asked); returns the per-step metrics."""
@@ -385,8 +385,7 @@ class PPOTrainer:
         return write_card(
             output_dir, Path(args.output_dir), args=args, base_model=self.base_model,
             reward_names=self.rewards.names, reward_weights=self.rewards.weights.tolist(),
-            dataset_name=self.dataset_name, dataset_size=len(self.prompts),
-            eval_size=len(self.eval_prompts) if self.eval_prompts else None,
+            dataset_name=self.dataset_name, dataset_size=len(self.source), eval_size=self.source.eval_size,
             best=(best.checkpoint, best.value) if best.checkpoint else None, peft=self.use_peft,
             world_size=acc.num_processes, engine=engines.engine_name(acc), model_name=output_dir.resolve().name,
             load_from=self.hub_model_id if args.push_to_hub else str(output_dir), weights_from=self.loaded_checkpoint,

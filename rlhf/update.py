@@ -116,7 +116,7 @@ def loss_and_backward(
             per_token = per_token + kl_coef * kl
             _add(sums, "kl_loss", (kl * weights).sum() / denominator)
         if micro.kl is None:
-            _add(sums, "kl_sum", (kl * micro.response_mask).sum())
+            _add(sums, "kl_sum", (kl * micro.actions).sum())  # action tokens only (episodes)
             _add(sums, "kl_rows", torch.tensor(float(len(micro)), device=mask.device))
     # policy and critic are separate networks, so backward(policy_loss) + backward(vf_coef * value_loss) gives
     # the gradients of their sum; doing it in two passes frees the policy's graph before the critic's is built

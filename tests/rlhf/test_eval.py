@@ -47,7 +47,7 @@ def test_eval_metrics_at_the_right_steps_and_equal_greedy_generate(tmp_path, tok
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
     assert [r["step"] for r in rows if "eval/reward" in r] == [0, 2, 4, 5]
-    assert set(rows[0]) == {"step", "time/eval", *trainer.eval_metric_names}
+    assert set(rows[0]) == {"step", "time/eval", *trainer.source.eval_metric_names}
 
     # the reference: greedy HF generate, one prompt at a time (no padding), on the final policy
     policy = trainer.accelerator.unwrap_model(trainer.policy)

@@ -53,7 +53,7 @@ def test_chat_prompts_use_the_chat_template(tmp_path, tokenizer, policy, reward_
         reward_processing_classes=tokenizer,
     )
     expected = tokenizer("<user>say good<assistant>", add_special_tokens=False)["input_ids"]
-    assert trainer.prompts.ids[0] == expected
+    assert trainer.source.train.ids[0] == expected
     trainer.train()
     assert received and all(isinstance(p, list) and p[0]["role"] == "user" for p in received)
     rm = next(f for f in trainer.reward_funcs if isinstance(f, RewardModel))

@@ -50,12 +50,12 @@ def test_chat_prompts_render_with_its_template_and_completions_stop_at_im_end(sm
         datasets.Dataset.from_dict({"prompt": CHAT}),
         processing_class=tok,
     )
-    text = tok.decode(trainer.prompts.ids[0])
+    text = tok.decode(trainer.source.train.ids[0])
     assert text.startswith("<|im_start|>system\n") and text.endswith(
         "<|im_start|>user\nSay hello in three words.<|im_end|>\n<|im_start|>assistant\n"
     )
     assert len(tok) == 49152  # the trainer added no token
-    query = [trainer.prompts.ids[i] for i in range(3)] * 2
+    query = [trainer.source.train.ids[i] for i in range(3)] * 2
     width = max(map(len, query))
     ids = torch.tensor([[2] * (width - len(q)) + q for q in query])
     mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in query])

@@ -1,0 +1,283 @@
+"""Multi-turn episodes: a language model plays a text env (a gymnasium env whose observations and actions are
+strings, e.g. rlhf/envs) for up to `max_turns` replies, and the episodes become one batch of `Samples`.
+
+    env.reset(seed) ─► [prompt | reply_1 | obs_1 | reply_2 | obs_2 | ... | reply_K]
+                         query   action    0       action    0             action     (action_mask)
+
+Token in, token out: the ids the policy sampled are kept exactly as sampled (never decoded and re-tokenised); the
+decoded text only goes to the env. Observations and the chat template's turn markers are appended as ids
+(`ChatFormat`). All episodes of the batch step together: each turn samples one reply for every episode still
+running (one batched `Generator.generate` over the left-padded dialogues; episodes that ended leave the batch).
+Each turn re-reads its dialogue from the start (our sampler shares the prefill of identical prompts, so a group's
+first turn runs once); the env reward of a turn sits on the last token of that turn's reply.
+
+This module does not import gymnasium: any object with gymnasium's reset/step works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rlhf.batch import Samples, Scores
+from rlhf.prompts import left_pad
+from rlhf.rollout import Generator
+
+_REPLY = "\x00reply\x00"  # a probe that no chat template produces on its own
+
+
+class ChatFormat:
+    """How a dialogue becomes token ids: the prompt (system prompt and first observation, then the start of the
+    assistant's turn) and, after each reply, the ids that close the reply's turn, hold the next observation as a
+    user turn and open the next assistant turn. With a chat template these are read off the template itself;
+    without one, plain text ("system\\n\\nobservation\\n" and "\\nobservation\\n")."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.eos_text = tokenizer.decode([tokenizer.eos_token_id])
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _messages(self, system: str, obs: str) -> list[dict[str, str]]:
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": obs}
+        ]
+
+    def prompt_ids(self, system: str, obs: str) -> list[int]:
+        if self.tokenizer.chat_template is None:
+            return self._ids(f"{system}\n\n{obs}\n" if system else f"{obs}\n")
+        text = self.tokenizer.apply_chat_template(
+            self._messages(system, obs), tokenize=False, add_generation_prompt=True
+        )
+        return self._ids(text)
+
+    def observation_ids(self, system: str, obs: str, reply_ended: bool) -> list[int]:
+        """The ids after a reply (which ended with EOS or not) up to the start of the next reply."""
+        if self.tokenizer.chat_template is None:
+            return self._ids(("" if reply_ended else self.eos_text) + f"\n{obs}\n")
+        first = self._messages(system, "first observation")
+        before = self.tokenizer.apply_chat_template(
+            [*first, {"role": "assistant", "content": _REPLY}], tokenize=False
+        )
+        after = self.tokenizer.apply_chat_template(
+            [*first, {"role": "assistant", "content": _REPLY}, {"role": "user", "content": obs}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        if not after.startswith(before):
+            raise ValueError(
+                "the tokenizer's chat template rewrites earlier turns; multi-turn episodes need one that appends"
+            )
+        closing = before[before.rindex(_REPLY) + len(_REPLY) :]  # what the template puts after a reply
+        if reply_ended and closing.startswith(self.eos_text):  # the sampled EOS already closed it
+            closing = closing[len(self.eos_text) :]
+        return self._ids(closing + after[len(before) :])
+
+
+@dataclass
+class Episode:
+    """One episode's token ids and what happened, filled turn by turn."""
+
+    env: Any
+    seed: int
+    prompt: list[int]
+    response: list[int] = field(default_factory=list)  # replies and observations after the prompt
+    actions: list[int] = field(default_factory=list)  # 1 on sampled tokens
+    turn_ends: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)  # the env reward on each turn's last token, else 0
+    logprobs: list[float] = field(default_factory=list)  # the sampler's, 0 on observations
+    turns: list[dict[str, Any]] = field(default_factory=list)  # reply, reward, observation per turn
+    pending: list[int] = field(
+        default_factory=list
+    )  # the next observation's ids, added before the next reply
+    system: str = ""  # the env's system prompt (the chat template may repeat it)
+    done: bool = False
+    success: bool = False
+    invalid: int = 0
+    all_ended: bool = True  # every reply ended with EOS
+
+    def add(self, ids: list[int], action: bool, logprobs: list[float] | None = None) -> None:
+        self.response += ids
+        self.actions += [int(action)] * len(ids)
+        self.turn_ends += [0] * len(ids)
+        self.rewards += [0.0] * len(ids)
+        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+
+
+def env_label(env: Any) -> str:
+    spec = getattr(env, "spec", None)
+    return getattr(spec, "id", None) or type(getattr(env, "unwrapped", env)).__name__
+
+
+@dataclass
+class EpisodeBatch:
+    """`run_episodes`' result: the Samples (with action_mask, turn_ends, env_rewards) and per-episode numbers."""
+
+    samples: Samples
+    returns: torch.Tensor  # (B,) sum of the env's rewards
+    ended_with_eos: torch.Tensor  # (B,) bool: every reply ended with the end-of-turn token
+    stats: dict[str, float]  # this rank's episode metrics (episode_return, success_rate, ...)
+    dialogues: list[dict[str, Any]]  # per episode: seed, turns (reply, reward, observation), return, success
+
+
+def _start(env: Any, seed: int, fmt: ChatFormat, max_length: int, max_new_tokens: int) -> Episode:
+    try:
+        obs, info = env.reset(seed=seed)
+    except Exception as err:
+        raise RuntimeError(
+            f"{env_label(env)} (seed {seed}): reset raised {type(err).__name__}: {' '.join(str(err).split())}"
+        ) from err
+    prompt = fmt.prompt_ids(info.get("system_prompt", ""), obs)
+    if len(prompt) + max_new_tokens > max_length:
+        raise ValueError(
+            f"{env_label(env)} (seed {seed}, turn 1): the first observation is {len(prompt)} tokens; with "
+            f"max_new_tokens={max_new_tokens} it exceeds the context window ({max_length} positions)"
+        )
+    return Episode(env, seed, prompt, system=info.get("system_prompt", ""))
+
+
+def _step(episode: Episode, ids: list[int], logprobs: list[float], eos: int, fmt: ChatFormat) -> None:
+    """One reply into the episode: its ids as sampled, the env's step on its text, the next observation pending."""
+    reply = fmt.tokenizer.decode(ids, skip_special_tokens=True)
+    episode.add(ids, action=True, logprobs=logprobs)
+    ended = ids[-1] == eos
+    episode.all_ended &= ended
+    turn = len(episode.turns) + 1
+    try:
+        obs, reward, terminated, truncated, info = episode.env.step(reply)
+    except Exception as err:
+        raise RuntimeError(
+            f"{env_label(episode.env)} (seed {episode.seed}, turn {turn}): step raised {type(err).__name__}: "
+            f"{' '.join(str(err).split())}"
+        ) from err
+    episode.turn_ends[-1], episode.rewards[-1] = 1, float(reward)
+    invalid = bool(info.get("invalid_action", False))
+    episode.invalid += invalid
+    episode.success = bool(info.get("success", episode.success))
+    episode.turns.append({"reply": reply, "reward": float(reward), "invalid": invalid, "observation": obs})
+    episode.done = bool(terminated or truncated)
+    if not episode.done:
+        episode.pending = fmt.observation_ids(episode.system, obs, ended)
+
+
+def run_episodes(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    envs: list[Any],
+    seeds: list[int],
+    max_turns: int,
+    max_length: int,
+    device: torch.device | str = "cpu",
+) -> EpisodeBatch:
+    """Play one episode per env (reset with its seed) for up to `max_turns` replies, all episodes stepping
+    together. An episode whose next turn would not fit the context window (`max_length` positions, with a whole
+    reply of generator.max_new_tokens) ends there (truncated). The generator samples from the policy it was last
+    synced to; its temperature applies (0: greedy)."""
+    fmt = ChatFormat(tokenizer)
+    episodes = [
+        _start(env, seed, fmt, max_length, generator.max_new_tokens) for env, seed in zip(envs, seeds)
+    ]
+    with_logprobs = True
+    for _ in range(max_turns):
+        for e in episodes:  # the pending observation, or the end of an episode that cannot take another reply
+            if (
+                not e.done
+                and len(e.prompt) + len(e.response) + len(e.pending) + generator.max_new_tokens > max_length
+            ):
+                e.done = True
+            elif not e.done:
+                e.add(e.pending, action=False)
+                e.pending = []
+        active = [e for e in episodes if not e.done]
+        if not active:
+            break
+        samples = generator.generate(
+            *left_pad([e.prompt + e.response for e in active], tokenizer.pad_token_id, device)
+        )
+        lengths = samples.response_mask.sum(1).tolist()
+        with_logprobs = samples.sampled_logprobs is not None
+        for row, e in enumerate(active):
+            n = int(lengths[row])
+            logprobs = (
+                samples.sampled_logprobs[row, :n].tolist() if samples.sampled_logprobs is not None else None
+            )
+            _step(e, samples.response_ids[row, :n].tolist(), logprobs, tokenizer.eos_token_id, fmt)
+    return _to_batch(episodes, tokenizer.pad_token_id, device, with_logprobs)
+
+
+def _to_batch(
+    episodes: list[Episode], pad: int, device: torch.device | str, with_logprobs: bool
+) -> EpisodeBatch:
+    query_ids, query_mask = left_pad([e.prompt for e in episodes], pad, device)
+    width = max(len(e.response) for e in episodes)
+
+    def right(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:  # (B, T), right-padded
+        return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype, device=device)
+
+    response_ids = right([e.response for e in episodes], pad, torch.long)
+    response_mask = right([[1] * len(e.response) for e in episodes], 0, torch.float32)
+    samples = Samples(
+        query_ids,
+        query_mask,
+        response_ids,
+        response_mask,
+        right([e.logprobs for e in episodes], 0.0, torch.float32) if with_logprobs else None,
+        action_mask=right([e.actions for e in episodes], 0, torch.float32),
+        turn_ends=right([e.turn_ends for e in episodes], 0, torch.float32),
+        env_rewards=right([e.rewards for e in episodes], 0.0, torch.float32),
+    )
+    returns = torch.tensor([sum(e.rewards) for e in episodes], device=device)
+    turns = torch.tensor([float(len(e.turns)) for e in episodes])
+    tokens = torch.tensor([float(sum(e.actions)) for e in episodes])
+    stats = {
+        "episode_return": returns.mean().item(),
+        "episode_turns": turns.mean().item(),
+        "success_rate": sum(e.success for e in episodes) / len(episodes),
+        "invalid_action_fraction": sum(e.invalid for e in episodes) / max(turns.sum().item(), 1.0),
+        "tokens_per_turn": tokens.sum().item() / max(turns.sum().item(), 1.0),
+    }
+    dialogues = [
+        {
+            "seed": e.seed,
+            "turns": e.turns,
+            "return": sum(e.rewards),
+            "success": e.success,
+            "tokens": sum(e.actions),
+        }
+        for e in episodes
+    ]
+    ended = torch.tensor([e.all_ended for e in episodes], device=device)
+    return EpisodeBatch(samples, returns, ended, stats, dialogues)
+
+
+def episode_scores(batch: EpisodeBatch) -> Scores:
+    """The score stage of an episode batch: the env is the one reward source (raw row `env`)."""
+    return Scores(batch.returns[None], batch.returns, batch.ended_with_eos)
+
+
+def prepare_envs(
+    env_factory: Any, train_seeds: Any, eval_seeds: Any, args: Any, num_processes: int
+) -> tuple[list[Any], list[int], list[int] | None]:
+    """The trainer's envs (one per row of a step and of an eval batch, built by `env_factory`, checked to be
+    text envs) and its train / eval seeds, or a one-line error before any work."""
+    from rlhf.envs import check_text_env  # gymnasium: only env runs import it
+
+    need = args.rollout_batch_size * num_processes
+    if train_seeds is None or len(train_seeds) < need:
+        raise ValueError(
+            f"train_seeds: an env run needs at least rollout_batch_size * num_processes = {need} env seeds, got "
+            f"{None if train_seeds is None else len(train_seeds)}"
+        )
+    if not eval_seeds and (args.eval_steps or args.eval_on_start):
+        raise ValueError(
+            f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_seeds were given to "
+            "PPOTrainer"
+        )
+    rows = max(args.rollout_batch_size * args.num_generations, args.eval_batch_size if eval_seeds else 0)
+    envs = [env_factory() for _ in range(rows)]
+    check_text_env(envs[0])
+    return envs, [int(s) for s in train_seeds], [int(s) for s in eval_seeds] if eval_seeds else None
