@@ -18,22 +18,24 @@ from rlhf import PPOConfig, PPOTrainer
 from rlhf.engines import end_distributed
 from rlhf.tiny import build_causal_lm, build_reward_model, build_tokenizer
 from tests.rlhf import split_case as case
-from tests.rlhf.test_update import CASES
+from tests.rlhf.test_update import CASES, EPISODE_CASES
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
 
-for estimator, loss_type in CASES:
+for estimator, loss_type, episodes in [*((*c, False) for c in CASES), *((*c, True) for c in EPISODE_CASES)]:
     trainer = case.trainer(out / "split", estimator, loss_type, micro=2, world=2)
     acc = trainer.accelerator
     critic = acc.unwrap_model(trainer.critic) if trainer.critic is not None else None
     exp = case.experience(acc.unwrap_model(trainer.policy), critic)
+    exp = case.as_episodes(exp) if episodes else exp  # multi-turn: observation tokens out of every loss
     half = case.BATCH // 2
     before = case.weights(trainer)
     trainer.update(exp.select(slice(acc.process_index * half, (acc.process_index + 1) * half)))
     after = case.weights(trainer)
     deltas = {k: (after[k] - before[k]).contiguous() for k in before}
-    save_file(deltas, str(out / f"split-{estimator}-{loss_type}-rank{acc.process_index}.safetensors"))
+    tag = f"{'episodes-' if episodes else ''}{estimator}-{loss_type}"
+    save_file(deltas, str(out / f"split-{tag}-rank{acc.process_index}.safetensors"))
 tokenizer = build_tokenizer(
     ["the cat sat on the mat", "a dog ran in the park", "good good"] * 20, vocab_size=300
 )

@@ -4,6 +4,7 @@ and ddp_worker.py (two). Everything is built from seeds, so every process builds
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import datasets
 import torch
@@ -94,6 +95,16 @@ def experience(policy: torch.nn.Module, critic: torch.nn.Module | None) -> Exper
         old_values=None if values is None else (values + noise(0.3)) * response_mask,
         kl=torch.zeros(BATCH, T),
     )
+
+
+def as_episodes(exp: Experience) -> Experience:
+    """The same batch as multi-turn episodes: every third token of each row (but its last) is an observation
+    token (action mask 0), so losses and their denominator count the other tokens only."""
+    positions = torch.arange(T)[None, :]
+    lengths = exp.response_mask.sum(1, keepdim=True)
+    observation = (positions % 3 == 1) & (positions < lengths - 1)
+    actions = exp.response_mask * (~observation).float()
+    return dataclasses.replace(exp, loss_mask=actions, action_mask=actions)
 
 
 def reference_step(policy, critic, exp: Experience, args: PPOConfig, per_microbatch_mean: bool = False):

@@ -52,15 +52,21 @@ def check_split_case(out):
     from safetensors.torch import load_file
 
     from tests.rlhf import split_case as case
-    from tests.rlhf.test_update import CASES
+    from tests.rlhf.test_update import CASES, EPISODE_CASES
 
-    for estimator, loss_type in CASES:
+    for estimator, loss_type, episodes in [
+        *((*c, False) for c in CASES),
+        *((*c, True) for c in EPISODE_CASES),
+    ]:
         trainer = case.trainer(out / "single", estimator, loss_type, micro=case.BATCH)
         acc = trainer.accelerator
         critic = acc.unwrap_model(trainer.critic) if trainer.critic is not None else None
         policy = acc.unwrap_model(trainer.policy)
-        reference = case.reference_step(policy, critic, case.experience(policy, critic), trainer.args)
-        ranks = [load_file(str(out / f"split-{estimator}-{loss_type}-rank{r}.safetensors")) for r in range(2)]
+        exp = case.experience(policy, critic)
+        exp = case.as_episodes(exp) if episodes else exp
+        reference = case.reference_step(policy, critic, exp, trainer.args)
+        tag = f"{'episodes-' if episodes else ''}{estimator}-{loss_type}"
+        ranks = [load_file(str(out / f"split-{tag}-rank{r}.safetensors")) for r in range(2)]
         for name, expected in reference.items():
             torch.testing.assert_close(
                 ranks[0][name], expected, rtol=1e-4, atol=1e-6, msg=f"{estimator} {name}"
