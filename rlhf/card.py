@@ -81,6 +81,8 @@ def model_card(
         f"{' (LoRA adapters)' if peft else ''}, for {steps[-1]['step'] if steps else 0} steps on "
         f"{world_size} process{'es' if world_size > 1 else ''} ({engine}).",
         "",
+        _files(args, peft),
+        "",
         "## Training",
         "",
         f"- Prompts: {dataset_name or 'a local dataset'}"
@@ -99,6 +101,27 @@ def model_card(
         lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     lines += _use(args, peft)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+
+
+def _files(args: Any, peft: bool) -> str:
+    """One line: what the folder holds and, with push_to_hub, what went to the Hub (rlhf.export.push_folder)."""
+    from rlhf.advantages import ESTIMATORS
+    from rlhf.checkpoint import RUN_LOGS
+
+    critic = ESTIMATORS[args.advantage_estimator].needs_critic
+    line = (
+        f"Files: the {'LoRA adapter' if peft else 'weights'} and config, the tokenizer, this card and its plots"
+        + (", the critic (`critic/`)" if critic else "")
+        + "."
+    )
+    logs = ", ".join(RUN_LOGS)
+    if args.push_to_hub and getattr(args, "hub_upload_logs", False):
+        line += f" Uploaded to the Hub with the run's logs ({logs}: every training and eval prompt and completion)."
+    elif args.push_to_hub:
+        line += (
+            f" Uploaded to the Hub: these only; the run's logs ({logs}) and checkpoints were not uploaded."
+        )
+    return line
 
 
 def _results(

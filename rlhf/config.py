@@ -244,8 +244,9 @@ class PPOConfig:
     push_to_hub: bool = field(
         default=False,
         metadata={
-            "help": "upload the saved model, its card and plots to the Hugging Face Hub when save_model runs (needs "
-            "a token: `huggingface-cli login` or HF_TOKEN)"
+            "help": "upload the saved model (weights, config, tokenizer, critic/), its card and plots to the Hugging "
+            "Face Hub when save_model runs, not the checkpoints nor the prompt / completion logs unless "
+            "hub_upload_logs (needs a token: `huggingface-cli login` or HF_TOKEN)"
         },
     )
     hub_model_id: str | None = field(
@@ -253,7 +254,17 @@ class PPOConfig:
         metadata={"help": "repository for push_to_hub (user/name); None = the output_dir's name"},
     )
     hub_private_repo: bool | None = field(
-        default=None, metadata={"help": "create the Hub repository private (None = the Hub's default)"}
+        default=None,
+        metadata={
+            "help": "create the Hub repository private (None = the Hub's default: public for most accounts)"
+        },
+    )
+    hub_upload_logs: bool = field(
+        default=False,
+        metadata={
+            "help": "push_to_hub also uploads the run's logs: metrics.jsonl, and completions.jsonl / "
+            "eval_completions.jsonl with every training and eval prompt and completion (off: they stay local)"
+        },
     )
     bf16: bool = field(
         default=False, metadata={"help": "bf16 autocast (off by default; CPUs without bf16 are slow)"}

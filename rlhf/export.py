@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from classic.runlog import explain_full_disk, read_metrics
 from rlhf.card import PLOTS, model_card
+from rlhf.checkpoint import PREFIX, RUN_LOGS
 
 
 def save_model(
@@ -72,9 +73,29 @@ def check_hub_access(hub_model_id: str | None, output_dir: str) -> str:
     return hub_model_id or Path(output_dir).resolve().name
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool | None, what: str) -> str:
-    """Create `repo_id` if needed and upload `folder` (model, tokenizer, card, plots; not checkpoints). Returns
-    the commit URL. A failure names the repository and says the local folder is intact."""
+# what push_to_hub uploads of the saved folder (patterns as upload_folder reads them: fnmatch on the path relative to
+# the folder): the model (weights, config; adapter files with LoRA), the tokenizer's files, the card, the plots and
+# the critic; never checkpoints, interrupted writes or hidden leftovers, and the run's logs only when asked
+HUB_FILES = (
+    "*.safetensors",
+    "*.json",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    "*.jinja",
+    "README.md",
+    *PLOTS,
+    "critic/*",
+)
+HUB_IGNORE = (f"{PREFIX}*", f"**/{PREFIX}*/**", ".*", "**/.*")
+
+
+def push_folder(
+    folder: str | Path, repo_id: str, private: bool | None, what: str, upload_logs: bool = False
+) -> str:
+    """Create `repo_id` if needed and upload `folder`: HUB_FILES (model, tokenizer, card, plots, critic), with
+    `upload_logs` also the run's logs (RUN_LOGS: metrics and every prompt and completion). Returns the commit URL.
+    A failure names the repository and says the local folder is intact."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -84,7 +105,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None, what: st
             repo_id=repo.repo_id,
             folder_path=str(folder),
             commit_message=f"rlbook PPOTrainer: {what}",
-            ignore_patterns=["checkpoint-*", ".tmp-*", "**/checkpoint-*/**"],
+            allow_patterns=[*HUB_FILES, *(RUN_LOGS if upload_logs else ())],
+            ignore_patterns=list(HUB_IGNORE),
         )
     except Exception as err:  # network, auth, quota: the model is saved either way
         raise RuntimeError(

@@ -377,7 +377,8 @@ class PPOTrainer:
             self.write_card(output_dir)
         acc.wait_for_everyone()
         if self.args.push_to_hub and acc.is_main_process:
-            push_folder(output_dir, self.hub_model_id, self.args.hub_private_repo, f"{self.step} steps")
+            push_folder(output_dir, self.hub_model_id, self.args.hub_private_repo, f"{self.step} steps",
+                        self.args.hub_upload_logs)  # fmt: skip
 
     def write_card(self, output_dir: Path) -> Path:
         """README.md in `output_dir` from the run's metrics.jsonl, with the plots copied next to it."""

@@ -1,5 +1,6 @@
 """The model card save_model writes, and push_to_hub (wired to huggingface_hub; the upload itself is faked)."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -111,3 +112,61 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, tokenizer, policy, monke
     with pytest.raises(RuntimeError, match=r"uploading .* to 'run' failed \(ConnectionError.*intact"):
         trainer.save_model()
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def fake_hub(monkeypatch, calls):
+    """HfApi whose upload_folder records the files it would send (huggingface_hub's own filter over the folder's
+    files, as upload_folder applies it) instead of sending them."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    def upload_folder(self, folder_path, allow_patterns=None, ignore_patterns=None, **kw):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls.append(
+            sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        )
+        return SimpleNamespace(commit_url="https://hub/commit/1")
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "someone"}, raising=False
+    )
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+
+
+@pytest.mark.parametrize("upload_logs", [False, True])
+def test_push_to_hub_uploads_the_model_not_the_prompt_logs(
+    tmp_path, tokenizer, policy, monkeypatch, upload_logs
+):
+    """The model, tokenizer, card, plots and critic; the prompt / completion logs (completions.jsonl,
+    eval_completions.jsonl, metrics.jsonl) only with hub_upload_logs=True; never checkpoints."""
+    calls: list[list[str]] = []
+    fake_hub(monkeypatch, calls)
+    args = small_config(
+        tmp_path, max_steps=2, save_steps=1, push_to_hub=True, log_completions=True, eval_steps=1,
+        plot_metrics=True, **({"hub_upload_logs": True} if upload_logs else {}),  # the default: no logs
+    )  # fmt: skip
+    trainer = PPOTrainer(policy, count_good, args, dataset(), eval_dataset(), processing_class=tokenizer)
+    trainer.train()
+    out = tmp_path / "run"
+    (out / ".metrics.jsonl.123.tmp").write_text("{}\n")  # a leftover of an interrupted rewrite
+    trainer.save_model()
+    (uploaded,) = calls
+    logs = ["completions.jsonl", "eval_completions.jsonl", "metrics.jsonl"]
+    assert all((out / name).is_file() for name in logs)  # the logs exist locally either way
+    assert set(logs) <= set(uploaded) if upload_logs else not set(logs) & set(uploaded)
+    expected = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "reward.png", "eval.png", "kl.png", "entropy.png", "losses.png",
+                "completion_length.png"}  # fmt: skip
+    expected |= {p.relative_to(out).as_posix() for p in (out / "critic").rglob("*") if p.is_file()}
+    assert (
+        out / "kl_coef.png"
+    ).is_file() and "critic/critic.safetensors" in expected  # the card does not show it
+    assert set(uploaded) == expected | (set(logs) if upload_logs else set())
+    assert not [f for f in uploaded if f.startswith(("checkpoint-", ".")) or f.endswith(".tmp")]
+    card = (out / "README.md").read_text()
+    assert ("metrics.jsonl" in card) and (("not uploaded" in card) != upload_logs)
