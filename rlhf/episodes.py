@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.batch import Samples, Scores
 from rlhf.prompts import left_pad
-from rlhf.rollout import Generator
+from rlhf.rollout import DialogueCache, Generator, lean_sampling_supported
 
 _REPLY = "\x00reply\x00"  # a probe that no chat template produces on its own
 
@@ -176,37 +176,72 @@ def run_episodes(
     """Play one episode per env (reset with its seed) for up to `max_turns` replies, all episodes stepping
     together. An episode whose next turn would not fit the context window (`max_length` positions, with a whole
     reply of generator.max_new_tokens) ends there (truncated). The generator samples from the policy it was last
-    synced to; its temperature applies (0: greedy)."""
+    synced to; its temperature applies (0: greedy). Our sampler keeps one KV cache over the turns
+    (`rollout.DialogueCache`); another generator (filtering, an external engine) re-reads each dialogue."""
     fmt = ChatFormat(tokenizer)
     episodes = [
         _start(env, seed, fmt, max_length, generator.max_new_tokens) for env, seed in zip(envs, seeds)
     ]
-    with_logprobs = True
+    cache = _dialogue_cache(generator, tokenizer.pad_token_id)
+    active = list(range(len(episodes)))
     for _ in range(max_turns):
-        for e in episodes:  # the pending observation, or the end of an episode that cannot take another reply
-            if (
-                not e.done
-                and len(e.prompt) + len(e.response) + len(e.pending) + generator.max_new_tokens > max_length
-            ):
-                e.done = True
-            elif not e.done:
-                e.add(e.pending, action=False)
-                e.pending = []
-        active = [e for e in episodes if not e.done]
-        if not active:
+        going = [i for i in active if not _ends(episodes[i], generator.max_new_tokens, max_length)]
+        if not going:
             break
-        samples = generator.generate(
-            *left_pad([e.prompt + e.response for e in active], tokenizer.pad_token_id, device)
-        )
-        lengths = samples.response_mask.sum(1).tolist()
-        with_logprobs = samples.sampled_logprobs is not None
-        for row, e in enumerate(active):
-            n = int(lengths[row])
-            logprobs = (
-                samples.sampled_logprobs[row, :n].tolist() if samples.sampled_logprobs is not None else None
+        chunks = [episodes[i].pending if episodes[i].response else episodes[i].prompt for i in going]
+        for i in going:
+            episodes[i].add(episodes[i].pending, action=False)
+            episodes[i].pending = []
+        if cache is not None:
+            if going != active:
+                cache.keep([active.index(i) for i in going])
+            logits = cache.extend(chunks)
+            replies, logprobs = cache.reply(
+                logits, generator.max_new_tokens, generator.temperature, tokenizer.eos_token_id
             )
-            _step(e, samples.response_ids[row, :n].tolist(), logprobs, tokenizer.eos_token_id, fmt)
-    return _to_batch(episodes, tokenizer.pad_token_id, device, with_logprobs)
+        else:
+            replies, logprobs = _reread(
+                generator, [episodes[i] for i in going], tokenizer.pad_token_id, device
+            )
+        for i, ids, lps in zip(going, replies, logprobs or [None] * len(going)):
+            _step(episodes[i], ids, lps, tokenizer.eos_token_id, fmt)
+        active = going
+    batch = _to_batch(episodes, tokenizer.pad_token_id, device, logprobs is not None)
+    if cache is not None:
+        batch.stats["prefill_tokens"] = float(cache.prefill_tokens)
+        batch.stats["prefill_avoided_fraction"] = 1.0 - cache.prefill_tokens / max(cache.reread_tokens, 1)
+    return batch
+
+
+def _ends(episode: Episode, max_new_tokens: int, max_length: int) -> bool:
+    """The episode is over, or its next observation and a whole reply would not fit the context window."""
+    room = len(episode.prompt) + len(episode.response) + len(episode.pending) + max_new_tokens <= max_length
+    episode.done = episode.done or not room
+    return episode.done
+
+
+def _dialogue_cache(generator: Generator, pad: int) -> DialogueCache | None:
+    """Our sampler's KV cache over the turns, where it reproduces sampling (no top-k / top-p, plain layers)."""
+    model = getattr(generator, "model", None)
+    if not isinstance(generator, Generator) or model is None or generator.synced_gpus:
+        return None
+    if not (
+        lean_sampling_supported(model, generator.top_k, generator.top_p) and DialogueCache.supported(model)
+    ):
+        return None
+    return DialogueCache(model, pad)
+
+
+def _reread(
+    generator: Any, active: list[Episode], pad: int, device: torch.device | str
+) -> tuple[list[list[int]], list[list[float]] | None]:
+    """One reply per episode from the generator, each dialogue read from its start."""
+    samples = generator.generate(*left_pad([e.prompt + e.response for e in active], pad, device))
+    lengths = samples.response_mask.sum(1).long().tolist()
+    replies = [samples.response_ids[row, :n].tolist() for row, n in enumerate(lengths)]
+    if samples.sampled_logprobs is None:
+        return replies, None
+    return replies, [samples.sampled_logprobs[row, :n].tolist() for row, n in enumerate(lengths)]
 
 
 def _to_batch(

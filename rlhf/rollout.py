@@ -523,3 +523,115 @@ def forward_values(
     )
     prompt_len = query_ids.shape[1]
     return values[:, prompt_len - 1 : -1]  # (batch, response_len)
+
+
+class DialogueCache:
+    """A KV cache over a batch of dialogues that grow turn by turn (multi-turn episodes): each turn `extend`s every
+    row with its new tokens (an observation) and `reply` samples a reply through the same cache, so a turn runs
+    only its new tokens instead of re-reading the dialogue from the start.
+
+    Rows have different lengths: a turn's new tokens are left-padded inside the sequence and a reply that ended
+    early is followed by PAD; both carry attention mask 0 and position ids count real tokens only, so every row
+    sees exactly its own dialogue (what one forward pass over it sees, up to float rounding). A reply's last token
+    is fed with the next turn's tokens. The first `extend` runs each distinct prompt once (GRPO groups share it).
+    `prefill_tokens` counts the real tokens run through `extend`; `reread_tokens` those a re-reading turn would
+    have run (the benchmark's share of prefill avoided)."""
+
+    def __init__(self, model: torch.nn.Module, pad_token_id: int) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model, self.pad = model, pad_token_id
+        cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self.kv = DynamicCache(config=base.config)
+        self.cache = {cache_kwarg: self.kv}
+        self.mask: torch.Tensor | None = None  # (rows, cached positions)
+        self.next_position: torch.Tensor | None = None  # (rows,) position id of each row's next real token
+        self.unfed: list[list[int]] = []  # each row's sampled tokens not yet in the cache
+        self.prefill_tokens = self.reread_tokens = 0
+
+    @staticmethod
+    def supported(model: torch.nn.Module) -> bool:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=base.config).layers)
+
+    def _forward(self, ids: torch.Tensor, chunk_mask: torch.Tensor, share: bool = False) -> torch.Tensor:
+        positions = self.next_position[:, None] + torch.cumsum(chunk_mask, 1) - 1  # (rows, width)
+        mask = chunk_mask if self.mask is None else torch.cat([self.mask, chunk_mask], 1)
+        shared = distinct_prompts(ids, chunk_mask) if share else None
+        if shared is None:
+            logits = _decode_chunk(self.model, ids, mask, positions.clamp(min=0), self.cache)
+        else:  # the first turn: each distinct prompt once, its cache copied to its rows
+            distinct, inverse = shared
+            width = ids.shape[1]
+            d_mask = distinct[:, width:].to(chunk_mask.dtype)
+            d_positions = (torch.cumsum(d_mask, 1) - 1).clamp(min=0)
+            logits = _decode_chunk(self.model, distinct[:, :width], d_mask, d_positions, self.cache)[inverse]
+            self.kv.batch_select_indices(inverse)
+        self.mask, self.next_position = mask, self.next_position + chunk_mask.sum(1)
+        return logits
+
+    def extend(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Append each row's unfed reply token(s) and `chunks[row]`; returns the next-token logits (rows, vocab)."""
+        rows = [fed + chunk for fed, chunk in zip(self.unfed or [[]] * len(chunks), chunks)]
+        device = next(iter(self.model.parameters())).device
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad] * (width - len(r)) + r for r in rows], device=device)
+        chunk_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        first = self.mask is None
+        if first:
+            self.next_position = torch.zeros(len(rows), dtype=torch.long, device=device)
+        self.reread_tokens += int(self.next_position.sum()) + sum(len(r) for r in rows)
+        self.prefill_tokens += sum(len(r) for r in rows)
+        self.unfed = [[] for _ in rows]
+        return self._forward(ids, chunk_mask, share=first)
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows go on (the others' episodes ended)."""
+        index = torch.tensor(rows, device=self.mask.device)
+        self.kv.batch_select_indices(index)
+        self.mask, self.next_position = self.mask[index], self.next_position[index]
+        self.unfed = [self.unfed[i] for i in rows]
+
+    @torch.no_grad()
+    def reply(
+        self, logits: torch.Tensor, max_new_tokens: int, temperature: float, eos_token_id: int | list[int]
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """Sample one reply per row (up to and including its EOS, at most max_new_tokens) from `logits` (the
+        output of `extend`); returns each row's token ids and their log-probs at `temperature`."""
+        batch, device = logits.shape[0], logits.device
+        eos_ids = torch.tensor(eos_token_id, device=device).flatten()
+        unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        tokens, logprobs = [], []
+        rows = torch.arange(batch, device=device)
+        for t in range(max_new_tokens):
+            next_ids, token_logprobs = _next_tokens(logits, temperature, batch, rows)
+            next_ids = torch.where(unfinished, next_ids, self.pad)
+            chosen = token_logprobs.gather(1, next_ids[:, None]).squeeze(1)
+            tokens.append(next_ids)
+            logprobs.append(torch.where(unfinished, chosen, 0.0))
+            fed = unfinished.clone()  # this token belongs to the row's reply: fed (with mask 1) next
+            unfinished &= ~torch.isin(next_ids, eos_ids)
+            if t == max_new_tokens - 1 or not bool(unfinished.any()):
+                break
+            logits = self._forward(next_ids[:, None], fed.long()[:, None])
+        ids, lps = torch.stack(tokens, 1), _finite(torch.stack(logprobs, 1))  # (rows, steps)
+        out_ids, out_lps = [], []
+        for row in range(batch):
+            n = int(response_mask_from_ids(ids[row : row + 1], eos_token_id).sum())
+            out_ids.append(ids[row, :n].tolist())
+            out_lps.append(lps[row, :n].tolist())
+            # a reply that ran to the last step has its last token outside the cache; an earlier EOS was fed
+            self.unfed[row] = [out_ids[-1][-1]] if n == ids.shape[1] else []
+        return out_ids, out_lps
+
+
+def _decode_chunk(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: dict[str, DynamicCache],
+) -> torch.Tensor:
+    """A forward of `ids` (rows, width) through the KV cache; the logits after each row's last token."""
+    return model(
+        input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache
+    ).logits[:, -1]

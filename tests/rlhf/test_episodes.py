@@ -365,3 +365,65 @@ def test_env_evaluation_on_held_out_seeds(tmp_path, lake_tokenizer):
     # a random tiny model never reaches the goal; its replies are mostly unreadable
     assert row["eval/success_rate"] == 0.0 and row["eval/invalid_action_fraction"] > 0.5
     assert 1 <= row["eval/episode_turns"] <= 3
+
+
+class Countdown(gym.Env):
+    """A text env that ends after seed % 3 + 1 turns (episodes of one batch end at different turns)."""
+
+    observation_space = gym.spaces.Text(200)
+    action_space = gym.spaces.Text(200)
+
+    def reset(self, *, seed=None, options=None):
+        self.left = seed % 3 + 1
+        return f"{self.left} turns left", {"system_prompt": "count down"}
+
+    def step(self, action):
+        self.left -= 1
+        return f"{self.left} turns left", float(len(action) % 3), self.left == 0, False, {}
+
+
+class EosBias(torch.nn.Module):
+    """The tiny policy with its EOS logit raised, so replies end at different lengths."""
+
+    def __init__(self, model, eos):
+        super().__init__()
+        self.model, self.config, self.eos = model, model.config, eos
+
+    def forward(self, **kw):
+        out = self.model(**kw)
+        out.logits[..., self.eos] += 4.0
+        return out
+
+
+def test_the_kv_cache_over_turns_gives_the_samples_of_re_reading_each_dialogue(lake_tokenizer, monkeypatch):
+    """Episodes of different lengths, replies that end early: sampling through one KV cache over the turns draws
+    the same tokens as re-reading every dialogue each turn, and its log-probs equal a full forward pass."""
+    import rlhf.episodes as episodes_module
+    from rlhf.rollout import Generator, forward_logprobs
+
+    tok = lake_tokenizer
+    policy = EosBias(build_causal_lm(tok, seed=0, n_positions=1024), tok.eos_token_id)
+    gen = Generator(5, 1.0, tok.eos_token_id, tok.pad_token_id)
+    gen.sync_weights(policy)
+    seeds = [0, 1, 2, 3, 4, 4]
+
+    def play():
+        torch.manual_seed(11)
+        return run_episodes(gen, tok, [Countdown() for _ in seeds], seeds, max_turns=4, max_length=1024)
+
+    cached = play()
+    monkeypatch.setattr(episodes_module, "_dialogue_cache", lambda generator, pad: None)
+    reread = play()
+    s = cached.samples
+    assert torch.equal(s.response_ids, reread.samples.response_ids) and torch.equal(
+        s.action_mask, reread.samples.action_mask
+    )
+    torch.testing.assert_close(s.sampled_logprobs, reread.samples.sampled_logprobs, atol=1e-5, rtol=0)
+    turns = [len(d["turns"]) for d in cached.dialogues]
+    assert turns == [1, 2, 3, 1, 2, 2]  # episodes left the batch at different turns
+    lengths = [len(t["reply"]) for d in cached.dialogues for t in d["turns"]]
+    assert len(set(lengths)) > 1  # replies of different lengths (some ended early)
+    with torch.no_grad():
+        full = forward_logprobs(policy, *s.inputs, 1.0, share_prompts=False)[0]
+    torch.testing.assert_close(full * s.action_mask, s.sampled_logprobs, atol=1e-5, rtol=0)
+    assert 0 < cached.stats["prefill_avoided_fraction"] < 1
