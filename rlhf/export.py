@@ -4,6 +4,7 @@ next to them, and the Hub push.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,59 @@ def write_card(output_dir: Path, run_dir: Path, **card: Any) -> Path:
 
 def check_hub_access(hub_model_id: str | None, output_dir: str) -> str:
     """push_to_hub, before any work: the repository id it will use (`hub_model_id`, else the output_dir's name,
-    as TRL does), or an error when there is no token to upload with."""
-    from huggingface_hub import get_token
+    as TRL does), or a one-line error for what would make the upload fail after training: an id the Hub refuses,
+    no token, offline mode (HF_HUB_OFFLINE), an unreachable Hub, a token the Hub rejects or one that cannot write."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    repo_id = hub_model_id or Path(output_dir).resolve().name
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        whose = "" if hub_model_id else " (the output_dir's name)"
+        raise ValueError(
+            f"push_to_hub: hub_model_id={repo_id!r}{whose} is not a valid Hub repository id (name or user/name; "
+            "letters, digits, '-', '_' and '.', at most 96 characters): set hub_model_id='user/name'"
+        ) from None
     if get_token() is None:
         raise ValueError(
             "push_to_hub=True but no Hugging Face token was found: run `huggingface-cli login` or set HF_TOKEN "
             "(or set push_to_hub=False and upload the saved folder later)"
         )
-    return hub_model_id or Path(output_dir).resolve().name
+    if _hub_offline():
+        raise ValueError(
+            "push_to_hub=True with HF_HUB_OFFLINE=1: the upload would fail after training; unset HF_HUB_OFFLINE "
+            "(or set push_to_hub=False and upload the saved folder later)"
+        )
+    try:
+        me = HfApi().whoami()
+    except Exception as err:  # a rejected token (401), no network, DNS, a proxy
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            raise ValueError(
+                "push_to_hub: the Hugging Face token was rejected by the Hub (401): run `huggingface-cli login` "
+                "with a valid write token or fix HF_TOKEN"
+            ) from None
+        raise ValueError(
+            f"push_to_hub: could not reach the Hub to check the token ({type(err).__name__}: {err}); check the "
+            "network or HF_ENDPOINT, or set push_to_hub=False and upload the saved folder later"
+        ) from None
+    if (me.get("auth") or {}).get("accessToken", {}).get("role") == "read":
+        raise ValueError(
+            f"push_to_hub: the Hugging Face token of {me.get('name')!r} is read-only: create one with write access "
+            "(https://huggingface.co/settings/tokens) and run `huggingface-cli login`"
+        )
+    return repo_id
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import), else huggingface_hub's value."""
+    import huggingface_hub
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is None:
+        return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 # what push_to_hub uploads of the saved folder (patterns as upload_folder reads them: fnmatch on the path relative to

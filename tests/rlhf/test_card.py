@@ -84,6 +84,8 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, tokenizer, policy, monke
     import huggingface_hub
 
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the suite runs offline; this test fakes the Hub
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "someone"})
     calls = []
     monkeypatch.setattr(
         huggingface_hub.HfApi,
@@ -128,10 +130,8 @@ def fake_hub(monkeypatch, calls):
         return SimpleNamespace(commit_url="https://hub/commit/1")
 
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(
-        huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "someone"}, raising=False
-    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the suite runs offline; these tests fake the Hub
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "someone"})
     monkeypatch.setattr(
         huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)
     )
@@ -170,3 +170,52 @@ def test_push_to_hub_uploads_the_model_not_the_prompt_logs(
     assert not [f for f in uploaded if f.startswith(("checkpoint-", ".")) or f.endswith(".tmp")]
     card = (out / "README.md").read_text()
     assert ("metrics.jsonl" in card) and (("not uploaded" in card) != upload_logs)
+
+
+def test_hub_problems_are_refused_before_any_work(tmp_path, tokenizer, policy, monkeypatch):
+    """What would make the upload fail after training is checked up front, each in one line saying what to do:
+    a repo id the Hub refuses (the default is the output_dir's name), offline mode, an unreachable Hub, a token
+    the Hub rejects or one that cannot write."""
+    import httpx2 as httpx  # huggingface_hub 2 raises with httpx2 responses
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from rlhf.export import check_hub_access
+
+    fake_hub(monkeypatch, [])
+    bad_dir = str(tmp_path / "my run (v2)")
+    with pytest.raises(
+        ValueError, match=r"hub_model_id='my run \(v2\)' \(the output_dir's name\) is not a valid"
+    ):
+        PPOTrainer(policy, count_good, small_config(tmp_path, output_dir=bad_dir, push_to_hub=True), dataset(),
+                   processing_class=tokenizer)  # fmt: skip
+    assert not (tmp_path / "my run (v2)").exists()  # refused before any work
+    with pytest.raises(ValueError, match=r"hub_model_id='a/b/c' is not a valid .*set hub_model_id"):
+        check_hub_access("a/b/c", str(tmp_path / "run"))
+    assert (
+        check_hub_access("someone/my-run_v2", bad_dir) == "someone/my-run_v2"
+    )  # an explicit id is used as is
+    assert check_hub_access(None, str(tmp_path / "run")) == "run"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="push_to_hub=True with HF_HUB_OFFLINE=1.*unset HF_HUB_OFFLINE"):
+        check_hub_access(None, str(tmp_path / "run"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def whoami_fails(err):
+        def whoami(self, *a, **kw):
+            raise err
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "whoami", whoami)
+
+    request = httpx.Request("GET", "https://huggingface.co/api/whoami-v2")
+    whoami_fails(HfHubHTTPError("Invalid user token.", response=httpx.Response(401, request=request)))
+    with pytest.raises(ValueError, match=r"token was rejected by the Hub .*huggingface-cli login"):
+        check_hub_access(None, str(tmp_path / "run"))
+    whoami_fails(httpx.ConnectError("[Errno -3] Temporary failure in name resolution"))
+    with pytest.raises(ValueError, match=r"could not reach the Hub .*ConnectError.*push_to_hub=False"):
+        check_hub_access(None, str(tmp_path / "run"))
+    read_only = {"name": "someone", "auth": {"accessToken": {"role": "read"}}}
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: read_only)
+    with pytest.raises(ValueError, match="read-only.*write"):
+        check_hub_access(None, str(tmp_path / "run"))
