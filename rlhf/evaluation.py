@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase
 
+from classic.runlog import read_metrics
 from rlhf import engines
-from rlhf.checkpoint import PREFIX
+from rlhf.checkpoint import PREFIX, list_checkpoints
 from rlhf.prompts import PromptSet, left_pad
 from rlhf.rewards import RewardSet
 from rlhf.rollout import Generator, ends_with_eos
@@ -52,6 +54,30 @@ class BestTracker:
             self.value, self.checkpoint = value, f"{PREFIX}{step}"
             return True
         return False
+
+    def existing(self, output_dir: str | Path, step: int, warn: bool = True) -> str | None:
+        """The best checkpoint's name, re-established when its directory is gone or incomplete (deleted between
+        runs, or while this one ran): the best of the complete checkpoints that exist, by their eval rows (up to
+        `step`) in metrics.jsonl, or None when none was evaluated; `warn`: say so in one line."""
+        out = Path(output_dir)
+        if self.checkpoint is None or (out / self.checkpoint / "trainer_state.json").is_file():
+            return self.checkpoint
+        gone, old = self.checkpoint, self.value
+        rows = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+        values = {r["step"]: r[self.metric] for r in rows if self.metric in r and r.get("step", 0) <= step}
+        self.value = self.checkpoint = None
+        for ckpt in list_checkpoints(out):
+            at = int(ckpt.name[len(PREFIX) :])
+            if at in values and (ckpt / "trainer_state.json").is_file():
+                self.update({self.metric: values[at]}, at)
+        if warn:
+            now = f"{self.checkpoint} ({self.value:.4g})" if self.checkpoint else "none (none was evaluated)"
+            warnings.warn(
+                f"best checkpoint {gone} ({self.metric} {old}) is gone from {out}; the best of the checkpoints "
+                f"that exist: {now}",
+                stacklevel=2,
+            )
+        return self.checkpoint
 
 
 @dataclass(frozen=True)

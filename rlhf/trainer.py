@@ -29,10 +29,7 @@ from rlhf.advantages import get_estimator
 from rlhf.batch import Rollout
 from rlhf.config import PPOConfig
 from rlhf.episodes import prepare_envs
-from rlhf.evaluation import (
-    BestTracker,
-    EvalSettings,
-)
+from rlhf.evaluation import BestTracker, EvalSettings
 from rlhf.experience import annotate, make_experience
 from rlhf.export import check_hub_access, push_folder, save_model, write_card
 from rlhf.models import AdaptersOff
@@ -345,7 +342,7 @@ class PPOTrainer:
         """The best checkpoint's policy (and critic) weights, optimizer and scheduler states into the trainer, so
         that save_model, evaluate and generate_samples use them; the step count stays that of the last step.
         Returns the checkpoint's name, or None when there is none or the last step is the best."""
-        best = self.best.checkpoint
+        best = self.best.existing(self.args.output_dir, self.step, self.accelerator.is_main_process)
         if best is None or best == f"{ckpt_io.PREFIX}{self.step}":
             return None
         trained, schedulers = ckpt_io.trained_parts(self.models, self.schedulers)
@@ -363,6 +360,8 @@ class PPOTrainer:
         self.run_id = state.get("run_id", self.run_id)  # the resumed run keeps its id
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.best.value, self.best.checkpoint = state.get("best_metric"), state.get("best_checkpoint")
+        # the best checkpoint deleted since it was saved: the best of what exists, said in one line
+        self.best.existing(self.args.output_dir, self.step, self.accelerator.is_main_process)
         if self.accelerator.is_main_process:  # drop rows logged after the checkpoint by the interrupted run
             ckpt_io.truncate_run_logs(self.args.output_dir, self.step)
 

@@ -247,3 +247,45 @@ def test_eval_configuration_errors(tmp_path, tokenizer, policy):
         TypeError, match="5th argument is eval_dataset"
     ):  # the pre-eval_dataset positional call
         PPOTrainer(policy, count_good, small_config(tmp_path), dataset(), tokenizer)
+
+
+def test_load_best_model_at_end_when_the_best_checkpoint_is_gone(tmp_path, tokenizer, sft_policy):
+    """The best checkpoint deleted between runs: the resumed run re-establishes the best among the checkpoints
+    that exist (their eval rows in metrics.jsonl), says so in one line, finishes, loads that one and saves the
+    model; with no evaluated checkpoint left, loading is skipped with a warning naming the missing directory."""
+    import shutil
+
+    common = dict(
+        eval_steps=1, save_steps=1, save_total_limit=None, reward_weights=[1.0, 0.0],
+        metric_for_best_model="reward/judge", load_best_model_at_end=True,
+    )  # fmt: skip
+    first = PPOTrainer(
+        sft_policy, [completion_chars, Scripted([1.0, 5.0, 2.0])], small_config(tmp_path, max_steps=3, **common),
+        dataset(), eval_dataset(), processing_class=tokenizer,
+    )  # fmt: skip
+    first.train()
+    out = tmp_path / "run"
+    assert first.best.checkpoint == "checkpoint-2"
+    shutil.rmtree(out / "checkpoint-2")
+    resumed = PPOTrainer(
+        sft_policy, [completion_chars, Scripted([0.5])],
+        small_config(tmp_path, max_steps=4, resume_from_checkpoint="latest", **common),
+        dataset(), eval_dataset(), processing_class=tokenizer,
+    )  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=r"best checkpoint checkpoint-2 .* is gone.*exist: checkpoint-3 \(2\)"
+    ):
+        resumed.train()
+    assert resumed.step == 4 and resumed.loaded_checkpoint == "checkpoint-3"
+    resumed.save_model(tmp_path / "final")
+    saved = load_file(tmp_path / "final" / "model.safetensors")
+    best = load_file(out / "checkpoint-3" / "policy.safetensors")
+    assert torch.equal(saved["transformer.wte.weight"], best["transformer.wte.weight"])
+    # gone while the run ran: the best of what is left, or none (the last step's weights stay)
+    shutil.rmtree(out / "checkpoint-3")
+    with pytest.warns(UserWarning, match="checkpoint-3"):
+        assert resumed.load_best_model() == "checkpoint-1"
+    shutil.rmtree(out / "checkpoint-1")
+    with pytest.warns(UserWarning, match=r"checkpoint-1 .* is gone.*exist: checkpoint-4"):
+        assert resumed.load_best_model() is None
+    resumed.save_model(tmp_path / "final")
