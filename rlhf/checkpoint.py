@@ -140,15 +140,24 @@ def previous_run(output_dir: str | Path) -> list[str]:
 
 
 def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
-    """A fresh run (no resume_from_checkpoint) into a directory holding another run's checkpoints or metrics is
-    refused unless `overwrite`: it would mix with, rotate away or resume from the other run."""
+    """Before any work. A fresh run (no resume_from_checkpoint) into a directory holding another run's checkpoints
+    or metrics is refused unless `overwrite`: it would mix with, rotate away or resume from the other run. A
+    checkpoint to resume from must exist (`latest` with none: only with `overwrite`, which then starts afresh)."""
     found = previous_run(output_dir)
     if found and not resume and not overwrite:
         shown = ", ".join(found[-3:]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+        if not list_checkpoints(output_dir):  # logs only: the run stopped before its first checkpoint
+            raise FileExistsError(
+                f"output_dir={str(output_dir)!r} holds the logs of a run that stopped before its first checkpoint "
+                f"({shown}): nothing to resume; pass overwrite_output_dir=True to replace them, or choose another "
+                "output_dir"
+            )
         raise FileExistsError(
             f"output_dir={str(output_dir)!r} already holds a run ({shown}); pass resume_from_checkpoint='latest' "
             "to continue it, overwrite_output_dir=True to replace it, or choose another output_dir"
         )
+    if resume:
+        resolve_checkpoint(resume, output_dir, start_afresh=overwrite)
 
 
 def clear_previous_run(output_dir: str | Path) -> None:
@@ -160,12 +169,21 @@ def clear_previous_run(output_dir: str | Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def resolve_checkpoint(path: str, output_dir: str | Path) -> Path:
+def resolve_checkpoint(path: str | None, output_dir: str | Path, start_afresh: bool = False) -> Path | None:
+    """The checkpoint resume_from_checkpoint names: a directory, or 'latest' for the newest in output_dir (None:
+    no resume). With 'latest' and no checkpoint: None when `start_afresh` (overwrite_output_dir), else a
+    one-line error."""
+    if not path:
+        return None
     if path == "latest":
         found = list_checkpoints(output_dir)
+        if not found and start_afresh:
+            return None
         if not found:
             raise FileNotFoundError(
-                f"resume_from_checkpoint='latest': no checkpoint-* directory in {output_dir}"
+                f"resume_from_checkpoint='latest': no checkpoint-* directory in {output_dir}, nothing to resume; "
+                "pass overwrite_output_dir=True as well to start afresh there (its logs are replaced), or drop "
+                "resume_from_checkpoint for a new output_dir"
             )
         return found[-1]
     ckpt = Path(path)

@@ -276,8 +276,8 @@ class PPOTrainer:
     def train(self) -> list[dict[str, float]]:
         """Run `max_steps` steps (continuing from a checkpoint if asked); returns the per-step metrics."""
         args, acc = self.args, self.accelerator
-        if args.resume_from_checkpoint:
-            self._resume(ckpt_io.resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir)))
+        if path := ckpt_io.resolve_checkpoint(args.resume_from_checkpoint, args.output_dir, args.overwrite_output_dir):  # fmt: skip
+            self._resume(path)  # None: no resume, or 'latest' + overwrite_output_dir with no checkpoint
         elif args.overwrite_output_dir and acc.is_main_process:
             ckpt_io.clear_previous_run(Path(args.output_dir))
         acc.wait_for_everyone()

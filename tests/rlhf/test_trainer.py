@@ -503,6 +503,57 @@ def test_a_fresh_run_into_an_old_runs_directory_is_refused_or_replaces_it(tmp_pa
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_is_not_a_dead_end(tmp_path, tokenizer):
+    """A run killed at step 2 with no checkpoint yet leaves only metrics.jsonl: the same command is refused with
+    advice that works (overwrite_output_dir, not resume), resume_from_checkpoint='latest' says there is nothing to
+    resume before any work, and with overwrite_output_dir=True it starts afresh (HF: only when asked)."""
+
+    def stops_at_step_2(prompts, completions, **columns):
+        stops_at_step_2.calls += 1
+        if stops_at_step_2.calls == 2:
+            raise KeyboardInterrupt  # the run is killed in step 2
+        return [0.0] * len(prompts)
+
+    stops_at_step_2.calls = 0
+
+    def trainer(**kw):
+        args = small_config(tmp_path, **{"max_steps": 3, "save_steps": 0, **kw})
+        return PPOTrainer(
+            build_causal_lm(tokenizer, seed=0), [count_good, stops_at_step_2], args, dataset(),
+            processing_class=tokenizer,
+        )  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer().train()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+    logged = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(FileExistsError, match=r"stopped before its first checkpoint \(metrics.jsonl\): nothing to "
+                       r"resume; pass overwrite_output_dir=True") as refused:  # fmt: skip
+        trainer()
+    assert "resume_from_checkpoint" not in str(refused.value)  # the advice that failed
+    with pytest.raises(FileNotFoundError, match=r"resume_from_checkpoint='latest': no checkpoint-\* directory in .*"
+                       r"overwrite_output_dir=True"):  # fmt: skip
+        trainer(resume_from_checkpoint="latest")
+    with pytest.raises(
+        FileNotFoundError, match=r"resume_from_checkpoint='.*nope': not a checkpoint directory"
+    ):
+        trainer(resume_from_checkpoint=str(run / "nope"))  # before any work, too
+    assert (run / "metrics.jsonl").read_bytes() == logged and len(list(run.iterdir())) == 1  # nothing lost
+    stops_at_step_2.calls = -100
+    fresh = trainer(resume_from_checkpoint="latest", overwrite_output_dir=True)
+    fresh.train()
+    assert fresh.step == 3 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+    resumed = trainer(max_steps=4, resume_from_checkpoint="latest", overwrite_output_dir=True)
+    resumed.train()  # with a checkpoint there, 'latest' resumes it even with overwrite_output_dir
+    assert resumed.run_id == fresh.run_id and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
 def test_every_run_leaves_plots_and_rlhf_plot_redraws_them(tmp_path, tokenizer, policy):
     from rlhf.cli import main as rlhf_cli
 
