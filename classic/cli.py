@@ -121,6 +121,17 @@ def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config
         raise ValueError(
             f"{source}: unknown key(s) {unknown} for {cls.__name__}; valid keys are: {', '.join(sorted(fields))}"
         )
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    missing = [name for name in required if name not in values]
+    if missing:  # one line, not the dataclass's TypeError
+        raise ValueError(
+            f"{source}: missing required field(s) {', '.join(missing)} for {cls.__name__}: set them in a YAML file "
+            f"(--config recipe.yaml) or on the command line ({' '.join(f'--{m} ...' for m in missing)})"
+        )
     kwargs = {k: _convert(k, v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
 

@@ -94,3 +94,18 @@ def test_saved_config_with_old_keys_is_translated():
         config_from_saved(Renamed, {"base_lr": 0.5, "learning_rate": 0.1})
     with pytest.raises(ValueError, match="unknown key"):
         config_from_saved(Renamed, {"lrr": 0.5})
+
+
+def test_a_missing_required_field_is_one_line_naming_it(tmp_path):
+    @dataclass
+    class Needs:
+        model: str = field(metadata={"help": "which model"})
+        steps: int = field(default=1, metadata={"help": "steps"})
+
+    with pytest.raises(ValueError, match=r"command line: missing required field\(s\) model for Needs: set "):
+        parse_config(Needs, ["--steps", "2"])
+    y = tmp_path / "c.yaml"
+    y.write_text("steps: 3\n")
+    with pytest.raises(ValueError, match=r"c.yaml: missing required field\(s\) model .*--model"):
+        parse_config(Needs, ["--config", str(y)])
+    assert parse_config(Needs, ["--model", "m"]).model == "m"

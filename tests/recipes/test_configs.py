@@ -103,7 +103,7 @@ def test_bad_values_name_the_field(override, message):
 
 
 def test_required_fields_are_required():
-    with pytest.raises(TypeError, match="model_name_or_path"):
+    with pytest.raises(ValueError, match=r"command line: missing required field\(s\) model_name_or_path for"):
         parse_config(PPORecipeConfig, ["--dataset_name", "d", "--task", "imdb", "--reward_functions", "[]"])
 
 

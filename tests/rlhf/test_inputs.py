@@ -164,3 +164,14 @@ def test_sampling_settings_are_checked_up_front(tmp_path, setting, message):
 def test_sampling_settings_at_their_limits_are_accepted(tmp_path):
     config(tmp_path, top_p=1.0, top_k=0, temperature=1e-3, eval_temperature=0.0)
     config(tmp_path, top_p=1e-6, top_k=50, temperature=5.0, eval_temperature=0.7)
+
+
+def test_rlhf_train_without_a_config_is_one_line(capsys):
+    """`rlhf train` with no --config: the required fields are named in one line (was a dataclass TypeError)."""
+    from rlhf.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("rlhf train: error: ") and "model_name_or_path" in err and "--config" in err
