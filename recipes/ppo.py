@@ -9,10 +9,12 @@ or, the same run: `rlhf train --config recipes/gpt2_imdb_ppo.yaml`. Every field 
 trainer's PPOConfig plus model, dataset, task, reward and LoRA fields) can be set in the YAML file or overridden on
 the command line, e.g. `--max_steps 10 --output_dir runs/try --dataset_name ./imdb`; `python recipes/ppo.py --help`
 lists them. The recipe itself is rlhf/train_command.py: fail-fast checks → prompts → rewards → PPOTrainer → save.
+A YAML with an `env:` key (recipes/*_agent.yaml) trains an agent in a text env instead (rlhf/agent_command.py).
 """
 
-from classic.cli import parse_config_or_exit
-from rlhf.train_command import PPORecipeConfig, run_ppo
+import sys
+
+from rlhf.agent_command import train_main
 
 if __name__ == "__main__":
-    run_ppo(parse_config_or_exit(PPORecipeConfig, "recipes/ppo.py"))
+    train_main(sys.argv[1:], "recipes/ppo.py")  # an agent recipe when the YAML names an `env`

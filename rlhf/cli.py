@@ -1,9 +1,11 @@
 """`rlhf`: one command for the recipes, the demo and the plots.
 
     rlhf train  --config recipes/gpt2_imdb_ppo.yaml [--field value ...]    # = recipes/ppo.py (rlhf.train_command)
+    rlhf train  --config recipes/frozenlake_agent.yaml [...]                # an env agent (rlhf.agent_command)
     rlhf sft    --config recipes/tldr_sft.yaml [...]                        # = recipes/sft.py (rlhf.trl_stages)
     rlhf reward --config recipes/tldr_reward.yaml [...]                     # = recipes/reward_model.py
     rlhf demo   [...]                                                       # = rlhf-demo
+    rlhf bridge --models base=PATH trained=RUN_DIR [...]                    # textbook vs LM on FrozenLake maps
     rlhf plot   RUN_DIR                                                     # PNGs from RUN_DIR/metrics.jsonl
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlhf train --config ...
 
@@ -26,9 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     from classic.cli import exit_on_bad_input, parse_config_or_exit
 
     if command == "train":
-        from rlhf.train_command import PPORecipeConfig, run_ppo
+        from rlhf.agent_command import train_main  # a prompt dataset, or an env with `env:` (agents)
 
-        run_ppo(parse_config_or_exit(PPORecipeConfig, "rlhf train", rest))
+        train_main(rest)
     elif command == "sft":
         from rlhf.trl_stages import SFTRecipeConfig, run_sft
 
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         from rlhf.trl_stages import RewardRecipeConfig, run_reward
 
         run_reward(parse_config_or_exit(RewardRecipeConfig, "rlhf reward", rest))
+    elif command == "bridge":
+        from rlhf.bridge import main as bridge
+
+        bridge(rest)
     elif command == "demo":
         from rlhf.demo.pipeline import main as demo
 
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(path)
     else:
         print(
-            f"rlhf: error: unknown command {command!r}; expected train, sft, reward, demo or plot",
+            f"rlhf: error: unknown command {command!r}; expected train, sft, reward, demo, bridge or plot",
             file=sys.stderr,
         )
         raise SystemExit(2)

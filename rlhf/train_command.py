@@ -25,7 +25,23 @@ from rlhf.task_rewards import REWARD_FUNCTIONS, ClassifierLabelReward
 
 
 @dataclass(kw_only=True)
-class PPORecipeConfig(PPOConfig):
+class LoraFields:
+    """LoRA adapters instead of all weights (peft), for the recipes that train a policy."""
+
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "LoRA dropout (0: log-probs at rollout and update must agree)"}
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "modules to adapt; [all-linear] = every linear"},
+    )
+
+
+@dataclass(kw_only=True)
+class PPORecipeConfig(LoraFields, PPOConfig):
     """RL fine-tuning recipe: rlhf.PPOConfig plus the model, the prompts, the reward and LoRA."""
 
     model_name_or_path: str = field(metadata={"help": "policy (and reference): Hub id or local directory"})
@@ -62,16 +78,6 @@ class PPORecipeConfig(PPOConfig):
     reward_functions: list[str] = field(
         default_factory=list,
         metadata={"help": f"Python reward functions by name: {sorted(REWARD_FUNCTIONS)}"},
-    )
-    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha"})
-    lora_dropout: float = field(
-        default=0.0, metadata={"help": "LoRA dropout (0: log-probs at rollout and update must agree)"}
-    )
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"],
-        metadata={"help": "modules to adapt; [all-linear] = every linear"},
     )
 
     def __post_init__(self) -> None:

@@ -48,11 +48,33 @@ def _frozenlake_text(env: gym.Env, obs: int) -> str:
     )
 
 
+def _frozenlake_position(env: gym.Env, obs: int) -> str:
+    """The compact observation: the position and what is there (the map is in the system prompt)."""
+    desc = env.unwrapped.desc
+    row, col = divmod(int(obs), desc.shape[1])
+    status = {"H": " You fell into a hole. Game over.", "G": " You reached the goal!"}.get(
+        desc[row][col].decode(), ""
+    )
+    if status:
+        return f"You are at row {row + 1}, column {col + 1}.{status}"
+    return (
+        f"You are at row {row + 1}, column {col + 1}.\n"
+        "Which direction do you move? Answer with one word: left, down, right or up."
+    )
+
+
 def make_frozenlake(
-    size: int = 4, is_slippery: bool = False, map_seed: int | None = None, **text_kwargs
+    size: int = 4,
+    is_slippery: bool = False,
+    map_seed: int | None = None,
+    map_in_prompt: bool = False,
+    **text_kwargs,
 ) -> TextEnv:
     """FrozenLake-v1 in text: gymnasium's 4x4 or 8x8 map, or with `map_seed` a random `size` x `size` map from
-    `generate_random_map(size, seed=map_seed)` (which only returns maps with a path from start to goal)."""
+    `generate_random_map(size, seed=map_seed)` (which only returns maps with a path from start to goal).
+
+    map_in_prompt: the map goes into the system prompt once and each observation is one line (the position and
+    what is there), about a fifth of the tokens of redrawing the grid every turn."""
     if map_seed is None:
         if size not in (4, 8):
             raise ValueError(f"size must be 4 or 8 for the built-in maps (or give map_seed), got {size!r}")
@@ -75,9 +97,12 @@ def make_frozenlake(
         f"square: left, down, right or up; moving into the edge leaves you where you are. {slippery}"
         "Reply with one word: left, down, right or up."
     )
+    if map_in_prompt:
+        rows = "\n".join(" ".join(c.decode() for c in line) for line in env.unwrapped.desc)
+        system_prompt += f"\nThe map (S start, F ice, H hole, G goal):\n{rows}"
     return TextEnv(
         env,
-        _frozenlake_text,
+        _frozenlake_position if map_in_prompt else _frozenlake_text,
         word_parser(GRID_MOVES),
         system_prompt,
         reply_hint=_hint(GRID_MOVES),

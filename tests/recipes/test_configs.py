@@ -11,6 +11,7 @@ import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 
 from classic.cli import parse_config
+from rlhf.agent_command import AgentRecipeConfig
 from rlhf.train_command import PPORecipeConfig
 from rlhf.trl_stages import RewardRecipeConfig, SFTRecipeConfig
 
@@ -45,8 +46,12 @@ def test_yaml_loads_into_its_script_config(path):
     assert (REPO / accelerate_config).is_file()
     assert config == f"recipes/{path.name}"
     assert (REPO / script).is_file()
-    cfg = parse_config(CONFIG_CLASSES[Path(script).name], ["--config", str(path)])
+    agent = "env" in yaml.safe_load(path.read_text())  # recipes/*_agent.yaml: a text env instead of a dataset
+    cls = AgentRecipeConfig if agent else CONFIG_CLASSES[Path(script).name]
+    cfg = parse_config(cls, ["--config", str(path)])
     assert cfg.output_dir.startswith("runs/")
+    if isinstance(cfg, AgentRecipeConfig):
+        assert cfg.num_train_seeds <= cfg.eval_seed_start and cfg.max_turns >= 1
     if isinstance(cfg, PPORecipeConfig):
         assert cfg.max_prompt_length + cfg.max_new_tokens <= 1024  # gpt2's window is the smallest
         if cfg.advantage_estimator != "gae":

@@ -315,3 +315,42 @@ def test_rlhf_train_under_accelerate_launch_takes_both_flag_spellings(assets, tm
     assert (
         bad.returncode != 0 and "rlhf train: error: command line: unknown key(s) ['max_stepz']" in bad.stderr
     )
+
+
+def test_agent_recipe_trains_and_evaluates_in_a_text_env(tmp_path):
+    """`rlhf train --config recipes/frozenlake_agent.yaml` (an `env:` key): episodes in text FrozenLake with a
+    tiny chat model (its chat template gives the turn markers), held-out seeds evaluated, LoRA adapter saved."""
+    import subprocess
+    import sys
+
+    from rlhf.envs import make_frozenlake
+    from rlhf.tiny import build_causal_lm, build_tokenizer
+    from tests.recipes.conftest import CHAT_TEMPLATE
+
+    env = make_frozenlake(map_in_prompt=True)
+    obs, info = env.reset(seed=0)
+    tok = build_tokenizer([info["system_prompt"], obs, "left down right up"] * 20, vocab_size=400)
+    tok.chat_template = CHAT_TEMPLATE
+    build_causal_lm(tok, seed=0, n_positions=2048).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rlhf", "train", "--config", str(REPO / "recipes/frozenlake_agent.yaml")]
+    cmd += ["--model_name_or_path", str(tmp_path / "lm"), "--output_dir", str(out), "--max_steps", "2"]
+    cmd += [
+        "--rollout_batch_size",
+        "2",
+        "--mini_batch_size",
+        "2",
+        "--micro_batch_size",
+        "2",
+        "--max_turns",
+        "2",
+    ]
+    cmd += ["--eval_steps", "2", "--num_eval_seeds", "2", "--max_new_tokens", "4", "--disable_tqdm", "true"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    check_ok(result, out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # eval_on_start, then two steps
+    assert rows[0]["eval/episode_turns"] == 2.0 and "eval/success_rate" in rows[2]
+    assert 1 <= rows[1]["episode_turns"] <= 2 and "value_loss" in rows[1]  # gae: the critic trains
+    assert (out / "adapter_config.json").is_file() and (out / "critic").is_dir()
