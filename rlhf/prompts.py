@@ -33,6 +33,13 @@ def prompt_text(prompt: Any, tokenizer: PreTrainedTokenizerBase, where: str) -> 
     if isinstance(prompt, list):  # chat messages
         if tokenizer.chat_template is None:
             raise ValueError(f"{where}: chat-message prompt but the tokenizer has no chat template")
+        for j, message in enumerate(prompt):  # a template would render a missing field as '' or 'None'
+            for key in ("role", "content"):
+                if not isinstance(message, dict) or message.get(key) is None:
+                    raise ValueError(
+                        f"{where}: chat message {j} has no {key!r} (each message is {{'role': ..., 'content': "
+                        f"...}}), got {message!r}"
+                    )
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     if isinstance(prompt, str):
         return prompt
@@ -113,6 +120,11 @@ def prepare_prompts(
     evals = tokenize_prompts(eval_dataset, "eval_dataset", tokenizer, args.max_prompt_length)
     if not len(evals):
         raise ValueError("eval_dataset: the dataset is empty")
+    if missing := sorted(set(train.columns) - set(evals.columns)):  # the reward functions get every column
+        raise ValueError(
+            f"eval_dataset: no column(s) {missing} that train_dataset has (the reward functions receive them); "
+            "add them to eval_dataset or remove them from train_dataset"
+        )
     return train, evals
 
 

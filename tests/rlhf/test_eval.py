@@ -289,3 +289,19 @@ def test_load_best_model_at_end_when_the_best_checkpoint_is_gone(tmp_path, token
     with pytest.warns(UserWarning, match=r"checkpoint-1 .* is gone.*exist: checkpoint-4"):
         assert resumed.load_best_model() is None
     resumed.save_model(tmp_path / "final")
+
+
+def test_an_eval_dataset_without_the_train_datasets_columns_is_refused_up_front(tmp_path, tokenizer, policy):
+    """The reward functions get the dataset's other columns: an eval_dataset lacking one would fail at the first
+    evaluation, after training; it is one line naming eval_dataset and the columns, before any work."""
+
+    def needs_label(prompts, completions, label, **_):
+        return [float(x) for x in label]
+
+    args = small_config(tmp_path, eval_steps=1)
+    with pytest.raises(ValueError, match=r"eval_dataset: no column\(s\) \['label'\] .*train_dataset has"):
+        PPOTrainer(
+            policy, needs_label, args, dataset(label=[1] * 32), eval_dataset(), processing_class=tokenizer
+        )
+    evals = eval_dataset().add_column("label", [0] * 5)
+    PPOTrainer(policy, needs_label, args, dataset(label=[1] * 32), evals, processing_class=tokenizer)

@@ -175,3 +175,28 @@ def test_rlhf_train_without_a_config_is_one_line(capsys):
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("rlhf train: error: ") and "model_name_or_path" in err and "--config" in err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([{"role": "user"}], r"train_dataset row 2: chat message 0 has no 'content'"),
+        (
+            [{"role": "user", "content": "hi"}, {"content": "x"}],
+            r"train_dataset row 2: chat message 1 has no 'role'",
+        ),
+    ],
+)
+def test_a_chat_message_without_content_or_role_names_the_row(
+    tmp_path, tokenizer, policy, monkeypatch, bad, message
+):
+    monkeypatch.setattr(tokenizer, "chat_template", CHAT_TEMPLATE)  # the session's tokenizer: restored after
+    good = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match=message + r" \(each message is"):
+        PPOTrainer(
+            policy,
+            lambda prompts, completions, **k: [0.0] * len(prompts),
+            config(tmp_path),
+            datasets.Dataset.from_dict({"prompt": [good, good, bad, good]}),
+            processing_class=tokenizer,
+        )
