@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -267,24 +269,39 @@ class Watchdog:
             # a side group on gloo unless the default one already is (monitored_barrier is gloo-only)
             self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
-    def _error(self, where: str, err: BaseException) -> RuntimeError:
-        return RuntimeError(
-            f"rank {self.rank}/{self.world}: {where} (ddp_timeout={self.timeout.total_seconds():g} s; a rank that "
-            f"stalls or dies, e.g. in a reward function that never returns, leaves the others waiting): {err}"
-        )
+    def _error(self, where: str, err: BaseException, waited: float) -> RuntimeError:
+        """One line: the rank, what did not complete, how long it really waited (torch says 'in <ddp_timeout>
+        ms' also when a peer died at once; that claim is dropped from its text), the backend's error."""
+        timeout = self.timeout.total_seconds()
+        if waited < 0.9 * timeout:
+            how = (
+                f"a rank failed after {waited:.1f} s, before ddp_timeout={timeout:g} s: it died or closed its "
+                "connection"
+            )
+        else:
+            how = (
+                f"ddp_timeout={timeout:g} s, waited {waited:.1f} s; a rank that stalls, e.g. in a reward function "
+                "that never returns, leaves the others waiting"
+            )
+            where += " in time"
+        text = re.sub(r" in \d+ ?ms\b", "", str(err))
+        return RuntimeError(f"rank {self.rank}/{self.world}: {where} ({how}): {text}")
 
     def check_in(self, phase: str) -> None:
         if self.world == 1:
             return
         import torch.distributed as dist
 
+        started = time.monotonic()
         try:
             dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
         except RuntimeError as err:
-            raise self._error(f"not every rank finished '{phase}' in time", err) from err
+            waited = time.monotonic() - started
+            raise self._error(f"not every rank finished '{phase}'", err, waited) from err
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
         try:
             yield
         except RuntimeError as err:
@@ -299,7 +316,8 @@ class Watchdog:
                     or "connection reset" in text
                 )
             ):
-                raise self._error(f"a collective in '{name}' did not complete", err) from err
+                waited = time.monotonic() - started
+                raise self._error(f"a collective in '{name}' did not complete", err, waited) from err
             raise
 
 

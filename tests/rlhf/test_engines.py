@@ -84,3 +84,47 @@ def check_resume(run: Path) -> None:
         assert torch.equal(resumed[name], value), name
     history = json.loads((run / "crashed" / "result-resumed.json").read_text())["history"]
     assert [row["step"] for row in history] == [3]  # only the third step ran after the resume
+
+
+def test_watchdog_reports_the_time_it_really_waited(monkeypatch):
+    """A peer that dies makes the barrier fail at once, with torch saying it waited the whole timeout ('in
+    1800000 ms'): the message gives the real time and says the rank died; a real timeout says so too."""
+    import re
+    import time
+    from datetime import timedelta
+
+    from rlhf.engines import Watchdog
+
+    watchdog = Watchdog.__new__(Watchdog)  # a 2-rank watchdog without a process group
+    watchdog.rank, watchdog.world, watchdog.group = 0, 2, None
+    watchdog.timeout = timedelta(seconds=1800)
+
+    def peer_died(**kw):
+        raise RuntimeError("Rank 1 failed to pass monitoredBarrier in 1800000 ms")
+
+    monkeypatch.setattr(torch.distributed, "monitored_barrier", peer_died)
+    with pytest.raises(RuntimeError) as died:
+        watchdog.check_in("generate + score")
+    message = str(died.value)
+    assert "1800000 ms" not in message and "Rank 1 failed to pass monitoredBarrier" in message
+    assert re.match(
+        r"rank 0/2: not every rank finished 'generate \+ score' \(a rank failed after 0\.\d s, before "
+        r"ddp_timeout=1800 s: it died or closed its connection\)",
+        message,
+    ), message
+    with (
+        pytest.raises(RuntimeError, match=r"'update' did not complete \(a rank failed after 0\.\d s, before"),
+        watchdog.phase("update"),
+    ):
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:29500")
+
+    def times_out(**kw):
+        time.sleep(0.3)
+        raise RuntimeError("Rank 1 failed to pass monitoredBarrier in 300 ms")
+
+    watchdog.timeout = timedelta(seconds=0.3)
+    monkeypatch.setattr(torch.distributed, "monitored_barrier", times_out)
+    with pytest.raises(
+        RuntimeError, match=r"'eval' in time \(ddp_timeout=0.3 s, waited 0\.3 s; a rank that stalls"
+    ):
+        watchdog.check_in("eval")
