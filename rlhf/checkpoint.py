@@ -16,6 +16,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,17 @@ def previous_run(output_dir: str | Path) -> list[str]:
     return [c.name for c in list_checkpoints(out)] + [n for n in RUN_LOGS if (out / n).is_file()]
 
 
+def check_start(args: Any) -> None:
+    """PPOTrainer, before any work: the output_dir (`check_output_dir`), and a checkpoint to resume must have been
+    trained with this run's advantage estimator (`check_same_estimator`)."""
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    path = resolve_checkpoint(
+        args.resume_from_checkpoint, args.output_dir, start_afresh=args.overwrite_output_dir, warn=False
+    )
+    if path is not None:
+        check_same_estimator(path, args.advantage_estimator)
+
+
 def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
     """Before any work. A fresh run (no resume_from_checkpoint) into a directory holding another run's checkpoints
     or metrics is refused unless `overwrite`: it would mix with, rotate away or resume from the other run. A
@@ -156,8 +168,20 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
             f"output_dir={str(output_dir)!r} already holds a run ({shown}); pass resume_from_checkpoint='latest' "
             "to continue it, overwrite_output_dir=True to replace it, or choose another output_dir"
         )
-    if resume:
-        resolve_checkpoint(resume, output_dir, start_afresh=overwrite)
+    resolve_checkpoint(resume, output_dir, start_afresh=overwrite, warn=False)
+
+
+def check_same_estimator(checkpoint: Path, estimator: str) -> None:
+    """A checkpoint resumes only under the estimator it was trained with: another one changes the advantages and
+    the trained parts (gae's critic would be dropped without a word; a critic-free checkpoint has none for gae)."""
+    saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("config", {})
+    if saved.get("advantage_estimator", estimator) != estimator:
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint} was trained with advantage_estimator="
+            f"{saved['advantage_estimator']!r}, this run has {estimator!r}: resume with "
+            f"advantage_estimator={saved['advantage_estimator']!r}, or start a new run (overwrite_output_dir=True "
+            "or another output_dir)"
+        )
 
 
 def clear_previous_run(output_dir: str | Path) -> None:
@@ -167,31 +191,72 @@ def clear_previous_run(output_dir: str | Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     for name in RUN_LOGS:
         (out / name).unlink(missing_ok=True)
+        for path in out.glob(f".{name}.*.tmp"):  # an interrupted rewrite of the log
+            path.unlink(missing_ok=True)
 
 
-def resolve_checkpoint(path: str | None, output_dir: str | Path, start_afresh: bool = False) -> Path | None:
-    """The checkpoint resume_from_checkpoint names: a directory, or 'latest' for the newest in output_dir (None:
-    no resume). With 'latest' and no checkpoint: None when `start_afresh` (overwrite_output_dir), else a
-    one-line error."""
+# what every checkpoint holds (trainer_state.json is written last, then the directory is renamed into place; a
+# kill while rotation deletes an old checkpoint can leave any subset)
+REQUIRED_FILES = ("trainer_state.json", "policy.safetensors")
+
+
+def missing_files(checkpoint: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (checkpoint / name).is_file()]
+
+
+def resolve_checkpoint(
+    path: str | None, output_dir: str | Path, start_afresh: bool = False, warn: bool = True
+) -> Path | None:
+    """The checkpoint resume_from_checkpoint names: a directory, or 'latest' for the newest complete one in
+    output_dir (None: no resume); an incomplete newer one is passed over, said in one line when `warn`. With
+    'latest' and no complete checkpoint: None when `start_afresh` (overwrite_output_dir), else a one-line error."""
     if not path:
         return None
-    if path == "latest":
-        found = list_checkpoints(output_dir)
-        if not found and start_afresh:
-            return None
-        if not found:
+    if path != "latest":
+        if missing := missing_files(Path(path)):
             raise FileNotFoundError(
-                f"resume_from_checkpoint='latest': no checkpoint-* directory in {output_dir}, nothing to resume; "
-                "pass overwrite_output_dir=True as well to start afresh there (its logs are replaced), or drop "
-                "resume_from_checkpoint for a new output_dir"
+                f"resume_from_checkpoint={path!r}: not a complete checkpoint directory (no {', '.join(missing)})"
             )
-        return found[-1]
-    ckpt = Path(path)
-    if not (ckpt / "trainer_state.json").is_file():
+        return Path(path)
+    found = list_checkpoints(output_dir)
+    complete = [c for c in found if not missing_files(c)]
+    if not complete and start_afresh:
+        return None
+    if not complete:
         raise FileNotFoundError(
-            f"resume_from_checkpoint={path!r}: not a checkpoint directory (no trainer_state.json)"
+            f"resume_from_checkpoint='latest': no {'complete ' if found else ''}checkpoint-* directory in "
+            f"{output_dir}, nothing to resume; pass overwrite_output_dir=True as well to start afresh there (its "
+            "logs are replaced), or drop resume_from_checkpoint for a new output_dir"
         )
-    return ckpt
+    newer = found[found.index(complete[-1]) + 1 :]  # incomplete: a write or a deletion was cut short
+    if warn and newer:
+        skipped = ", ".join(
+            f"{c.name} is incomplete (no {', '.join(missing_files(c))})" for c in reversed(newer)
+        )
+        warnings.warn(
+            f"resume_from_checkpoint='latest': {skipped}; resuming from {complete[-1].name}, the newest complete "
+            "one",
+            stacklevel=2,
+        )
+    return complete[-1]
+
+
+def remove_leftovers(output_dir: str | Path, step: int) -> list[str]:
+    """At resume (rank 0): what a kill left behind in output_dir: `.tmp-checkpoint-*` (a checkpoint being
+    written), incomplete checkpoints older than `step` (one being deleted by rotation) and `.<log>.*.tmp` (a log
+    being rewritten). Returns the names removed. Incomplete newer checkpoints are left: the run rewrites them."""
+    out = Path(output_dir)
+    removed = []
+    for path in sorted(out.glob(f".tmp-{PREFIX}*")) + [
+        c for c in list_checkpoints(out) if int(c.name[len(PREFIX) :]) < step and missing_files(c)
+    ]:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    for name in RUN_LOGS:
+        for path in sorted(out.glob(f".{name}.*.tmp")):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def _deepspeed_safe_globals() -> list:
@@ -215,7 +280,9 @@ def _check_deepspeed_files(directory: Path) -> None:
 
 
 def truncate_run_logs(output_dir: str | Path, step: int) -> None:
-    """Drop the rows of the run's logs (RUN_LOGS) written after `step`: a resumed run re-does those steps."""
+    """At resume (rank 0): drop the rows of the run's logs (RUN_LOGS) written after `step` (the resumed run re-does
+    those steps), after removing what a kill left behind (`remove_leftovers`)."""
+    remove_leftovers(output_dir, step)
     for name in RUN_LOGS:
         if (Path(output_dir) / name).is_file():
             truncate_metrics(Path(output_dir) / name, step)

@@ -173,3 +173,42 @@ def test_rotation_only_removes_this_runs_older_checkpoints(tmp_path):
         OneProcess(), tmp_path, 4, {"policy": (model, opt)}, {}, {"step": 4, "run_id": "mine"}, 1
     )
     assert [c.name for c in ckpt_io.list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-9"]
+
+
+def small_run(tmp_path, tokenizer, **overrides):
+    from rlhf import PPOTrainer
+    from rlhf.tiny import build_causal_lm
+    from tests.rlhf.test_trainer import count_good, dataset, small_config
+
+    args = small_config(tmp_path, **{"save_steps": 1, "save_total_limit": None, **overrides})
+    return PPOTrainer(
+        build_causal_lm(tokenizer, seed=0), count_good, args, dataset(), processing_class=tokenizer
+    )
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint_and_leftovers_are_cleaned(tmp_path, tokenizer):
+    """A kill can leave an incomplete newest checkpoint, a half-deleted old one (rotation), a .tmp-checkpoint-*
+    (a write) and a .metrics.jsonl.*.tmp (a log rewrite): 'latest' resumes the newest complete checkpoint and
+    says so in one line, and the leftovers are removed; an explicit incomplete checkpoint is one line naming
+    what it lacks."""
+    from classic.runlog import read_metrics
+
+    small_run(tmp_path, tokenizer, max_steps=4).train()
+    run = tmp_path / "run"
+    (run / "checkpoint-4" / "trainer_state.json").unlink()  # the newest: incomplete
+    (run / "checkpoint-2" / "policy.safetensors").unlink()  # an old one, half deleted
+    (run / ".tmp-checkpoint-9").mkdir()
+    (run / ".metrics.jsonl.x1y2.tmp").write_text('{"step": 1}\n')
+    with pytest.raises(
+        FileNotFoundError, match=r"checkpoint-4'?: not a complete checkpoint directory \(no trainer_state"
+    ):
+        small_run(tmp_path, tokenizer, max_steps=5, resume_from_checkpoint=str(run / "checkpoint-4"))
+    resumed = small_run(tmp_path, tokenizer, max_steps=5, resume_from_checkpoint="latest")
+    with pytest.warns(UserWarning, match=r"checkpoint-4 is incomplete \(no trainer_state.json\); resuming from "
+                      r"checkpoint-3, the newest complete one"):  # fmt: skip
+        resumed.train()
+    assert resumed.step == 5 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name or p.name.startswith(".")) == [
+        "checkpoint-1", "checkpoint-3", "checkpoint-4", "checkpoint-5",
+    ]  # fmt: skip
+    assert (run / "checkpoint-4" / "trainer_state.json").is_file()  # step 4 redone and saved whole

@@ -536,7 +536,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_not_a_dead_end(tmp_pa
                        r"overwrite_output_dir=True"):  # fmt: skip
         trainer(resume_from_checkpoint="latest")
     with pytest.raises(
-        FileNotFoundError, match=r"resume_from_checkpoint='.*nope': not a checkpoint directory"
+        FileNotFoundError, match=r"resume_from_checkpoint='.*nope': not a complete checkpoint directory"
     ):
         trainer(resume_from_checkpoint=str(run / "nope"))  # before any work, too
     assert (run / "metrics.jsonl").read_bytes() == logged and len(list(run.iterdir())) == 1  # nothing lost
