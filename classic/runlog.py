@@ -115,7 +115,16 @@ def _free_space(path: Path) -> str:
         usage = shutil.disk_usage(existing)
     except OSError:
         return "free space unknown"
-    return f"{usage.free / 2**20:.0f} MiB free of {usage.total / 2**30:.1f} GiB on {existing}'s file system"
+    return f"{_size(usage.free)} free of {_size(usage.total)} on {existing}'s file system"
+
+
+def _size(n_bytes: float) -> str:
+    """A byte count in the largest binary unit it fills: '512 B', '1.0 MiB', '300 MiB', '4.0 TiB'."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    k = 0
+    while n_bytes >= 1024 and k < len(units) - 1:
+        n_bytes, k = n_bytes / 1024, k + 1
+    return f"{n_bytes:.0f} {units[k]}" if k == 0 or n_bytes >= 100 else f"{n_bytes:.1f} {units[k]}"
 
 
 def _files(directory: Path | None) -> dict[Path, tuple[int, int]]:

@@ -41,7 +41,7 @@ def test_full_disk_while_saving_is_one_line_and_leaves_the_old_model(tmp_path, m
     message = str(raised.value)
     assert "\n" not in message
     assert re.match(
-        rf"^could not save {re.escape(str(path))}: the disk is probably full \(\d+ MiB free of [\d.]+ GiB on .*\); "
+        rf"^could not save {re.escape(str(path))}: the disk is probably full \([\d.]+ [KMGT]?i?B free of [\d.]+ [KMGT]?i?B on .*\); "
         r"free some space or choose another output directory, then save again \((RuntimeError|OSError): ",
         message,
     ), message
@@ -76,3 +76,24 @@ def test_load_of_a_run_with_a_cut_off_model_says_so(tmp_path, monkeypatch):
     model.write_bytes(model.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"model\.pt' is truncated or corrupt .*re-train or re-save it$"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "free, total, expected",
+    [
+        (2**20, 2 * 2**20, "1.0 MiB free of 2.0 MiB"),  # a small file system was '1 MiB free of 0.0 GiB'
+        (300 * 2**20, 500 * 2**30, "300 MiB free of 500 GiB"),
+        (512, 4 * 2**40, "512 B free of 4.0 TiB"),
+    ],
+)
+def test_the_free_space_in_a_full_disk_message_has_units_that_fit(
+    tmp_path, monkeypatch, free, total, expected
+):
+    from types import SimpleNamespace
+
+    from classic import runlog
+
+    monkeypatch.setattr(
+        runlog.shutil, "disk_usage", lambda path: SimpleNamespace(free=free, total=total, used=0)
+    )
+    assert runlog._free_space(tmp_path) == f"{expected} on {tmp_path}'s file system"
