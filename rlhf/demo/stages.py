@@ -22,7 +22,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from classic.runlog import MetricsWriter
 from rlhf.gguf import is_gguf, load_gguf, load_gguf_tokenizer
-from rlhf.models import ensure_pad_token, trainer_checkpointing_arg
+from rlhf.models import ensure_pad_token
 from rlhf.rewards import RewardModel
 from rlhf.tiny import build_causal_lm, build_tokenizer
 
@@ -89,26 +89,31 @@ def build_base_model(
     return model, tokenizer
 
 
-def _trl_common(cfg: Any, output_dir: Path, steps: int, batch_size: int, lr: float) -> dict[str, Any]:
-    # TRL config dataclasses default to bf16; this is a CPU run, in fp32.
-    return dict(
-        output_dir=str(output_dir),
+def trl_config(
+    args_cls: type, cfg: Any, output_dir: Path, steps: int, batch_size: int, lr: float, **fields: Any
+) -> Any:
+    """A TRL stage's config (SFTConfig, RewardConfig) through the recipes' `trl_args`, on the CPU in fp32 (TRL
+    defaults to bf16), with the demo's schedule, seeds and no checkpoints (activation checkpointing off: for a tiny
+    model it only adds a third forward pass)."""
+    from rlhf.trl_stages import trl_args
+
+    return trl_args(
+        args_cls,
+        output_dir=output_dir,
+        use_cpu=True,
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         logging_steps=max(1, steps // 50),
-        save_strategy="no",
         report_to=[],
-        use_cpu=True,
         bf16=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        # TRL turns activation checkpointing on by default; for a tiny model it only adds a third forward pass
-        **trainer_checkpointing_arg(False),
+        **fields,
     )
 
 
@@ -119,12 +124,10 @@ def train_sft(
     Returns the final training loss."""
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(
-        **_trl_common(cfg, out / "trl", cfg.sft_steps, cfg.sft_batch_size, cfg.sft_learning_rate),
-        max_length=cfg.max_length,
-        packing=False,
-        dataset_num_proc=None,
-    )
+    args = trl_config(
+        SFTConfig, cfg, out / "trl", cfg.sft_steps, cfg.sft_batch_size, cfg.sft_learning_rate,
+        max_length=cfg.max_length, packing=False, dataset_num_proc=None,
+    )  # fmt: skip
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -149,8 +152,13 @@ def train_reward_model(
     torch.manual_seed(cfg.seed)  # the new score head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(init_from, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = RewardConfig(
-        **_trl_common(cfg, out / "trl", cfg.rm_steps, cfg.rm_batch_size, cfg.rm_learning_rate),
+    args = trl_config(
+        RewardConfig,
+        cfg,
+        out / "trl",
+        cfg.rm_steps,
+        cfg.rm_batch_size,
+        cfg.rm_learning_rate,
         max_length=cfg.max_length,
         # Keeps scores near 0 on average (Eisenstein et al. 2023), so the PPO reward scale stays sane.
         center_rewards_coefficient=0.01,

@@ -330,11 +330,11 @@ def test_trl_configs_get_checkpointing_off_under_the_current_name(tmp_path):
 
     from trl import SFTConfig
 
-    from rlhf.demo.stages import _trl_common
+    from rlhf.demo.stages import trl_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        args = SFTConfig(**_trl_common(DemoConfig(), tmp_path, 10, 8, 1e-4))
+        args = trl_config(SFTConfig, DemoConfig(), tmp_path, 10, 8, 1e-4)
     assert getattr(args, "activation_checkpointing", args.gradient_checkpointing) is False
     assert args.gradient_checkpointing is False
 
