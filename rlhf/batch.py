@@ -114,6 +114,8 @@ class Experience:
     kl: torch.Tensor | None = None
     # (B, T) the policy's sampled tokens (Samples.actions): response_mask for single-turn completions
     action_mask: torch.Tensor | None = None
+    # (B, T) importance weights of the policy loss for a generation engine's samples (rlhf/offpolicy.py), None = 1
+    is_weights: torch.Tensor | None = None
 
     @property
     def actions(self) -> torch.Tensor:

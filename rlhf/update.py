@@ -107,7 +107,7 @@ def loss_and_backward(
         loss.clip_eps_high,
         loss.importance_sampling_level,
     )
-    per_token = terms.loss
+    per_token = terms.loss if micro.is_weights is None else terms.loss * micro.is_weights  # rlhf/offpolicy.py
     if loss.entropy_coef:
         per_token = per_token - loss.entropy_coef * entropy
     if micro.ref_logprobs is not None:
