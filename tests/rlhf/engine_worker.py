@@ -3,7 +3,7 @@
 the final policy (and critic) weights and the metrics for the test to compare across engines. With `resume` after
 the estimators, for the first estimator: a 3-step run straight, and a 3-step run that crashes in step 3 and is
 resumed from its step-2 checkpoint by a new trainer; both saved for the test to compare. The estimator runs
-evaluate after step 2 (eval/* in the last history row)."""
+evaluate after step 2 (eval/* in the last history row). With `env_gae`: 2 steps of gae on text FrozenLake episodes."""
 
 import contextlib
 import json
@@ -29,6 +29,17 @@ calls = {"n": 0, "crash_at": None}
 BASE = out / f"base-rank{os.environ.get('RANK', '0')}"
 build_causal_lm(tokenizer, seed=0).save_pretrained(BASE)
 tokenizer.save_pretrained(BASE)
+
+LAKE_BASE = out / f"lake-base-rank{os.environ.get('RANK', '0')}"
+if (
+    "env_gae" in sys.argv[2:]
+):  # a tokenizer and model for text FrozenLake, saved before any process group exists
+    from rlhf.envs import make_frozenlake as _lake
+
+    _obs, _info = _lake(map_in_prompt=True).reset(seed=0)
+    LAKE = build_tokenizer([_info["system_prompt"], _obs, "left down right up"] * 20, vocab_size=400)
+    build_causal_lm(LAKE, seed=0, n_positions=1024).save_pretrained(LAKE_BASE)
+    LAKE.save_pretrained(LAKE_BASE)
 
 
 def count_good(prompts, completions, **columns):
@@ -77,9 +88,35 @@ def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **ov
     return trainer
 
 
-estimators = [a for a in sys.argv[2:] if a != "resume"]
+def run_env(directory: Path) -> PPOTrainer:
+    """2 steps of gae on text FrozenLake episodes (up to 3 turns, a critic, the KV cache over the turns), then a
+    greedy evaluation on 3 held-out seeds (rank 1's share padded)."""
+    from rlhf.envs import make_frozenlake
+
+    args = PPOConfig(
+        output_dir=str(directory), max_steps=2, rollout_batch_size=2, mini_batch_size=2, micro_batch_size=1,
+        max_new_tokens=4, max_turns=3, learning_rate=1e-3, critic_learning_rate=1e-3, kl_coef=0.1,
+        advantage_estimator="gae", critic_init="policy", eval_steps=2, eval_batch_size=2,
+        disable_tqdm=True, plot_metrics=False,
+    )  # fmt: skip
+    trainer = PPOTrainer(str(LAKE_BASE), None, args, processing_class=LAKE, env_factory=lambda: make_frozenlake(map_in_prompt=True),
+                         train_seeds=range(8), eval_seeds=[100, 101, 102])  # fmt: skip
+    history = trainer.train()
+    trainer.save_model(directory / "final")
+    acc = trainer.accelerator
+    if acc.is_main_process:
+        (directory / "result.json").write_text(
+            json.dumps({"engine": engine_name(acc), "world": acc.num_processes, "history": history})
+        )
+    acc.wait_for_everyone()
+    return trainer
+
+
+estimators = [a for a in sys.argv[2:] if a not in ("resume", "env_gae")]
 for estimator in estimators:
     accelerator = run(estimator, out / estimator, eval_steps=2).accelerator
+if "env_gae" in sys.argv[2:]:
+    accelerator = run_env(out / "env_gae").accelerator
 if "resume" in sys.argv[2:]:
     run(estimators[0], out / "straight", max_steps=3)
     calls["crash_at"] = 3
