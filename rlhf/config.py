@@ -295,7 +295,11 @@ class PPOConfig:
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints"})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "a checkpoint directory, or 'latest' for the newest in output_dir"}
+        default=None,
+        metadata={
+            "help": "a checkpoint directory, or 'latest' for the newest in output_dir (none there: an error, or a "
+            "fresh start with overwrite_output_dir)"
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -427,6 +431,13 @@ class PPOConfig:
             )
 
     def _check_coefficients(self) -> None:
+        # torch's optimizers would reject these only when they are built, after the models are loaded
+        for name in ("learning_rate", "critic_learning_rate", "adam_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"PPOConfig.{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"PPOConfig.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"PPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -78,7 +78,7 @@ class PPOTrainer:
             )
         self.args = args = args or PPOConfig()
         # before any work: a fresh run must not land on top of another run's checkpoints and metrics
-        ckpt_io.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        ckpt_io.check_start(args)  # and a checkpoint to resume is one of this advantage estimator
         self.hub_model_id = check_hub_access(args.hub_model_id, args.output_dir) if args.push_to_hub else None
         self.run_id = uuid.uuid4().hex[:12]  # checkpoints carry it: rotation only touches this run's
         # the engine `accelerate launch` asked for (DDP, FSDP2, ZeRO-2/3), also on CPU, or an error

@@ -212,3 +212,16 @@ def test_latest_falls_back_to_the_newest_complete_checkpoint_and_leftovers_are_c
         "checkpoint-1", "checkpoint-3", "checkpoint-4", "checkpoint-5",
     ]  # fmt: skip
     assert (run / "checkpoint-4" / "trainer_state.json").is_file()  # step 4 redone and saved whole
+
+
+def test_a_checkpoint_resumed_with_another_estimator_is_refused(tmp_path, tokenizer):
+    """A gae checkpoint (policy + critic) resumed as grpo would drop the critic and change the advantages without
+    a word (and grpo -> gae would fail on the missing critic): one line naming both, before any work."""
+    small_run(tmp_path, tokenizer, max_steps=1, advantage_estimator="gae").train()
+    with pytest.raises(
+        ValueError, match=r"checkpoint-1 was trained with advantage_estimator='gae'.*this run has 'grpo'"
+    ):
+        small_run(
+            tmp_path, tokenizer, max_steps=2, resume_from_checkpoint="latest", advantage_estimator="grpo",
+            num_generations=2, rollout_batch_size=2,
+        )  # fmt: skip

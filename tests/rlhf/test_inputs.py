@@ -200,3 +200,31 @@ def test_a_chat_message_without_content_or_role_names_the_row(
             datasets.Dataset.from_dict({"prompt": [good, good, bad, good]}),
             processing_class=tokenizer,
         )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"learning_rate": -1.0},
+        {"learning_rate": 0.0},
+        {"critic_learning_rate": float("inf")},
+        {"critic_learning_rate": float("nan")},
+        {"adam_eps": -1e-8},
+        {"weight_decay": -0.1},
+    ],
+)
+def test_optimizer_settings_are_checked_up_front(setting):
+    (name,) = setting
+    with pytest.raises(ValueError, match=rf"PPOConfig.{name} must be a finite number"):
+        PPOConfig(**setting)
+
+
+def test_a_recipes_negative_learning_rate_is_one_line(capsys):
+    from classic.cli import parse_config_or_exit
+    from rlhf.train_command import PPORecipeConfig
+
+    argv = ["--model_name_or_path", "m", "--dataset_name", "d", "--task", "imdb", "--learning_rate", "-1"]
+    with pytest.raises(SystemExit):
+        parse_config_or_exit(PPORecipeConfig, "recipes/ppo.py", argv)
+    err = capsys.readouterr().err
+    assert err == "recipes/ppo.py: error: PPOConfig.learning_rate must be a finite number > 0, got -1.0\n"
