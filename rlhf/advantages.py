@@ -152,18 +152,21 @@ def compute_advantages(
     response_mask: torch.Tensor,
     group_size: int = 1,
     values: torch.Tensor | None = None,
-    gamma: float = 1.0,
+    gamma: float | torch.Tensor = 1.0,
     gae_lambda: float = 0.95,
     whiten: bool | None = None,
     scale_rewards: str = "group",
     reduce: Reduce = _identity,
+    token_rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (advantages, returns), both (batch, T), zero on padding.
 
     scores (batch,), each prompt's `group_size` completions in consecutive rows; kl (batch, T) per-token KL
     estimates, weighted by `kl_coef` into the reward (pass 0 when the KL is in the loss instead). gae: the episode
-    terminates at the last real token (nothing follows it). `whiten` None = the estimator's default. `reduce`
-    sums over processes, so that batch-wide statistics (whitening, scale_rewards='batch') cover all ranks.
+    terminates at the last real token (nothing follows it); its rewards are the score on the last token, or
+    `token_rewards` (batch, T) where given (an episode's per-turn env rewards). gamma: one discount, or one per
+    token (batch, T). `whiten` None = the estimator's default. `reduce` sums over processes, so that batch-wide
+    statistics (whitening, scale_rewards='batch') cover all ranks.
     """
     est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
     mask = response_mask
@@ -172,7 +175,10 @@ def compute_advantages(
     if est.needs_critic:
         if values is None:
             raise ValueError(f"advantage_estimator={est.name!r} needs critic values")
-        rewards = per_token_rewards(scores, kl, mask, kl_coef)
+        if token_rewards is None:
+            rewards = per_token_rewards(scores, kl, mask, kl_coef)
+        else:
+            rewards = token_rewards * mask - kl_coef * kl * mask
         values = values * mask
         next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
         advantages, returns = F.gae_advantages(rewards, values, next_values, done, done, gamma, gae_lambda)
@@ -219,30 +225,15 @@ def compute_trajectory_advantages(
     Implemented by moving each row's action tokens to the front (in order), running the single-turn math with
     per-step discounts, and moving the results back.
     """
-    est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
     order = torch.argsort(
         (action_mask == 0).to(torch.int8), dim=1, stable=True
     )  # action tokens first, in order
     mask = action_mask.gather(1, order)
-    kl_c = kl.gather(1, order) * mask
     discount = torch.where(turn_ends.gather(1, order) > 0, gamma, 1.0)  # (batch, T): gamma at a turn's end
-    done = torch.zeros_like(mask)
-    done[torch.arange(len(mask), device=mask.device), last_token_index(mask)] = 1.0
-    if est.needs_critic:
-        if values is None:
-            raise ValueError(f"advantage_estimator={est.name!r} needs critic values")
-        rewards = turn_rewards.gather(1, order) * mask - kl_coef * kl_c
-        values_c = values.gather(1, order) * mask
-        next_values = torch.cat([values_c[:, 1:], torch.zeros_like(values_c[:, :1])], dim=1)
-        advantages, returns = F.gae_advantages(
-            rewards, values_c, next_values, done, done, discount, gae_lambda
-        )
-        advantages, returns = advantages * mask, returns * mask
-    else:
-        shaped = est.baseline(scores, group_size, scale_rewards, reduce)
-        returns = F.discounted_returns(per_token_rewards(shaped, kl_c, mask, kl_coef), discount, done) * mask
-        advantages = returns
-    if est.whiten if whiten is None else whiten:
-        advantages = whiten_tokens(advantages, mask, reduce)
+    advantages, returns = compute_advantages(
+        estimator, scores, kl.gather(1, order) * mask, kl_coef, mask, group_size,
+        None if values is None else values.gather(1, order), discount, gae_lambda, whiten, scale_rewards, reduce,
+        token_rewards=turn_rewards.gather(1, order),
+    )  # fmt: skip
     back = torch.argsort(order, dim=1)  # the inverse permutation
     return advantages.gather(1, back), returns.gather(1, back)

@@ -15,9 +15,8 @@ from functools import partial
 from typing import Any
 
 from rlhf import PPOConfig, PPOTrainer
-from rlhf.engines import end_distributed
 from rlhf.hub import load_model_config
-from rlhf.train_command import LoraFields, lora_config
+from rlhf.train_command import LoraFields, lora_config, train_and_save
 
 
 @dataclass(kw_only=True)
@@ -67,16 +66,12 @@ def run_agent(cfg: AgentRecipeConfig) -> None:
     except TypeError as err:  # a keyword the factory does not take
         raise ValueError(f"env_kwargs: {cfg.env} does not accept them ({err})") from err
     evals = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.num_eval_seeds)
-    trainer = PPOTrainer(
-        cfg.model_name_or_path, None, args=cfg, peft_config=lora_config(cfg), env_factory=factory,
-        train_seeds=range(cfg.num_train_seeds), eval_seeds=evals if cfg.eval_steps or cfg.eval_on_start else None,
+    train_and_save(
+        PPOTrainer(
+            cfg.model_name_or_path, None, args=cfg, peft_config=lora_config(cfg), env_factory=factory,
+            train_seeds=range(cfg.num_train_seeds), eval_seeds=evals if cfg.eval_steps or cfg.eval_on_start else None,
+        )
     )  # fmt: skip
-    trainer.train()
-    trainer.save_model()
-    acc = trainer.accelerator
-    acc.print(f"{trainer.step} steps on {acc.num_processes} process(es); model saved to {cfg.output_dir}")
-    del trainer
-    end_distributed(acc)
 
 
 def train_main(argv: list[str], prog: str = "rlhf train") -> None:

@@ -141,6 +141,20 @@ def smollm2_gguf() -> Path | None:
     return found[0] if found else None
 
 
+def smollm2_folder(cache: str | Path | None = None) -> Path | None:
+    """SmolLM2-135M-Instruct as an ordinary model folder, converted once from `smollm2_gguf()` into `cache`
+    (default $RLBOOK_CACHE or ~/.cache/rlbook) and reused; None when the GGUF is not installed."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        return None
+    cache = Path(cache or os.environ.get("RLBOOK_CACHE", Path.home() / ".cache" / "rlbook"))
+    folder = cache / f"smollm2-135m-instruct-{gguf.stat().st_size}"
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        convert_gguf(gguf, folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert a GGUF causal LM into a save_pretrained folder.")
     parser.add_argument("gguf_file", help="path of the .gguf file")

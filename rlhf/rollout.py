@@ -203,26 +203,9 @@ def sample(
             rows, next_ids, position_ids = rows[keep], next_ids[keep], position_ids[keep]
             attention_mask, unfinished = attention_mask[keep], unfinished[keep]
             kv_cache.batch_select_indices(keep)
-        position_ids = position_ids + 1
-        logits = _decode(model, next_ids, attention_mask[:, : prompt_len + t + 1], position_ids, cache)
+        position_ids, step_mask = position_ids + 1, attention_mask[:, : prompt_len + t + 1]
+        logits = _decode_chunk(model, next_ids[:, None], step_mask, position_ids, cache)
     return response_ids[:, : t + 1], _finite(logprobs[:, : t + 1])  # t + 1 tokens: the loop ends in a break
-
-
-def _decode(
-    model: torch.nn.Module,
-    next_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: dict[str, DynamicCache],
-) -> torch.Tensor:
-    """One decode step through the KV cache: the next logits (rows, vocab) after the tokens `next_ids` (rows,)."""
-    return model(
-        input_ids=next_ids[:, None],
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        **cache,
-    ).logits[:, -1]
 
 
 def _finite(logprobs: torch.Tensor) -> torch.Tensor:

