@@ -43,9 +43,7 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +60,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import emit, matmul_peak_gflops, peak_rss_mb  # noqa: E402
 
 OURS = ("gae", "reinforce_pp", "reinforce_baseline", "rloo", "grpo")
 TRL = ("trl_grpo", "trl_rloo")
@@ -172,14 +173,6 @@ def load_workload(directory: Path, model_dir: str | None = None):
 
 
 # --- workers: build one trainer, then run one step per "step" line on stdin -----------------------------------
-
-
-def emit(obj: dict) -> None:
-    print("@@" + json.dumps(obj), flush=True)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run_ours(
@@ -355,23 +348,9 @@ def workload_size(args: argparse.Namespace) -> dict:
 # --- the parent: build, step the workers round-robin, report ---------------------------------------------------
 
 
-def matmul_peak_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
-    """Best of a few fp32 n x n matmuls, in GFLOP/s, with the same thread count as the workers."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-class Worker:
+class Worker(harness.Worker):
     def __init__(self, name: str, args: argparse.Namespace, workdir: Path, repo: Path = REPO) -> None:
         """`repo`: the checkout whose trainer runs (another one for --baseline: the same script from there)."""
-        self.name = name
         self.label = name if name in TRL else f"{'ours' if repo == REPO else 'base'} {name}"
         script = repo / "benchmarks" / "rlhf_step.py"
         command = [sys.executable, str(script), "--worker", name, "--workdir", str(workdir)]
@@ -380,31 +359,7 @@ class Worker:
         command += ["--gradient-checkpointing", args.gradient_checkpointing]
         command += ["--model", args.model] if args.model else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=repo
-        )
-        self.rows: list[dict] = []
-        self.peak_rss_mb = float("nan")
-
-    def read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith("@@"):
-                return json.loads(line[2:])
-        raise RuntimeError(f"worker {self.name} exited with code {self.proc.wait()} (see its stderr above)")
-
-    def send(self, command: str) -> None:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def step(self) -> None:
-        self.send("step")
-        self.rows.append(self.read())
-
-    def finish(self) -> None:
-        self.send("quit")
-        self.peak_rss_mb = self.read()["peak_rss_mb"]
-        self.proc.stdin.close()
-        self.proc.wait(timeout=120)
+        super().__init__(name, command, env, str(repo))
 
 
 def median(rows: list[dict], key: str) -> float:
