@@ -93,7 +93,12 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
                 raise ValueError
             return value
     except (TypeError, ValueError):
-        expected = typing.get_args(tp) if origin is typing.Literal else getattr(tp, "__name__", str(tp))
+        # a list field names its item type (list[int]): "expected list, got [2.5]" would not say what is wrong
+        expected = (
+            typing.get_args(tp)
+            if origin is typing.Literal
+            else (str(tp) if origin else getattr(tp, "__name__", str(tp)))
+        )
         raise ValueError(f"config field '{name}': expected {expected}, got {value!r}") from None
     return value
 

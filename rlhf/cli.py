@@ -4,6 +4,7 @@
     rlhf train  --config recipes/frozenlake_agent.yaml [...]                # an env agent (rlhf.agent_command)
     rlhf sft    --config recipes/tldr_sft.yaml [...]                        # = recipes/sft.py (rlhf.trl_stages)
     rlhf reward --config recipes/tldr_reward.yaml [...]                     # = recipes/reward_model.py
+    rlhf dpo    --config recipes/tldr_dpo.yaml [...]                        # = recipes/dpo.py
     rlhf demo   [...]                                                       # = rlhf-demo
     rlhf bridge --models base=PATH trained=RUN_DIR [...]                    # textbook vs LM on FrozenLake maps
     rlhf plot   RUN_DIR                                                     # PNGs from RUN_DIR/metrics.jsonl
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         from rlhf.trl_stages import RewardRecipeConfig, run_reward
 
         run_reward(parse_config_or_exit(RewardRecipeConfig, "rlhf reward", rest))
+    elif command == "dpo":
+        from rlhf.trl_stages import DPORecipeConfig, run_dpo
+
+        run_dpo(parse_config_or_exit(DPORecipeConfig, "rlhf dpo", rest))
     elif command == "bridge":
         from rlhf.bridge import main as bridge
 
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(path)
     else:
         print(
-            f"rlhf: error: unknown command {command!r}; expected train, sft, reward, demo, bridge or plot",
+            f"rlhf: error: unknown command {command!r}; expected train, sft, reward, dpo, demo, bridge or plot",
             file=sys.stderr,
         )
         raise SystemExit(2)

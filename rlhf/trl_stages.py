@@ -1,8 +1,10 @@
-"""`rlhf sft` and `rlhf reward` (= recipes/sft.py, recipes/reward_model.py): the supervised and reward-model stages
-of an SFT → reward model → PPO pipeline, on TRL's SFTTrainer and RewardTrainer.
+"""`rlhf sft`, `rlhf reward` and `rlhf dpo` (= recipes/sft.py, recipes/reward_model.py, recipes/dpo.py): the
+supervised and reward-model stages of an SFT → reward model → PPO pipeline, and DPO in place of the last two, on
+TRL's SFTTrainer, RewardTrainer and DPOTrainer.
 
     rlhf sft    --config recipes/tldr_sft.yaml [--field value ...]
     rlhf reward --config recipes/tldr_reward.yaml [--field value ...]
+    rlhf dpo    --config recipes/tldr_dpo.yaml [--field value ...]
 
 Both configs share `TRLStageConfig` (model, dataset, schedule, batch, precision, logging and saving fields); its
 `training_args` builds TRL's SFTConfig / RewardConfig through `trl_args`, the one place that knows how this
@@ -15,6 +17,10 @@ the EOS the model must learn to emit), and is saved with the model, so the rewar
 Reward model: the SFT model with a one-label score head (AutoModelForSequenceClassification, num_labels=1), trained
 with the Bradley-Terry loss -log σ(r_chosen − r_rejected) on chosen/rejected pairs (an optional `prompt` column is
 prepended to both). The result is what rlhf's reward models expect: num_labels=1, pad_token_id set.
+
+DPO (Rafailov et al. 2023): the SFT model trained on the same chosen/rejected pairs with -log σ(β (log-ratio of
+chosen − log-ratio of rejected)), each log-ratio log π(y|x) − log π_ref(y|x) against a frozen copy of the starting
+model. Without a `prompt` column TRL takes the shared beginning of chosen and rejected as the prompt.
 """
 
 from __future__ import annotations
@@ -168,6 +174,46 @@ class RewardRecipeConfig(TRLStageConfig):
     )
 
 
+@dataclass(kw_only=True)
+class DPORecipeConfig(TRLStageConfig):
+    """DPO recipe (TRL DPOTrainer on preference pairs; the reference is the starting model)."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "initial policy and frozen reference (usually the SFT model): id or directory"}
+    )
+    max_samples: int | None = field(
+        default=None, metadata={"help": "use only the first N pairs (None = all)"}
+    )
+    output_dir: str = field(default="runs/dpo", metadata={"help": "where the model and tokenizer go"})
+    learning_rate: float = field(
+        default=1e-6, metadata={"help": "peak learning rate (Rafailov et al.: 1e-6)"}
+    )
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
+    max_length: int = field(
+        default=1024, metadata={"help": "truncate prompt + completion to this many tokens"}
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "β: inverse temperature of the implicit reward; smaller lets the policy move further"
+        },
+    )
+    loss_type: str = field(
+        default="sigmoid", metadata={"help": "TRL DPOConfig.loss_type: sigmoid (DPO), ipo, hinge, ..."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "one reference pass over the data first, then no reference in memory"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(
+                f"beta must be > 0 (it scales the log-ratios of the implicit reward), got {self.beta}"
+            )
+
+
 def run_sft(cfg: SFTRecipeConfig) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer; saves model + tokenizer (with its PAD token) to output_dir."""
     from trl import SFTConfig, SFTTrainer
@@ -207,6 +253,30 @@ def run_reward(cfg: RewardRecipeConfig) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
     args = cfg.training_args(RewardConfig, center_rewards_coefficient=cfg.center_rewards_coefficient)
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(cfg.output_dir)
+    accelerator = trainer.accelerator
+    del trainer
+    end_distributed(accelerator)
+
+
+def run_dpo(cfg: DPORecipeConfig) -> None:
+    """DPO with TRL's DPOTrainer from `model_name_or_path` (also the frozen reference); saves model + tokenizer."""
+    from trl import DPOConfig, DPOTrainer
+
+    dataset = cfg.load_checked(("chosen", "rejected"))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code
+    )
+    ensure_pad_token(tokenizer, model)
+    args = cfg.training_args(
+        DPOConfig,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(cfg.output_dir)
     accelerator = trainer.accelerator

@@ -127,9 +127,10 @@ def make_reviews(prompts: Sequence[str], n: int, seed: int) -> list[str]:
 def make_preference_pairs(prompts: Sequence[str], n: int, seed: int, label_noise: float) -> dict[str, list]:
     """`n` pairs of two reviews of the same prompt, labelled by the gold judge, with a fraction `label_noise` of
     labels flipped (like disagreeing human raters). Ties are redrawn. Returns columns `chosen`, `rejected` (full
-    texts, as TRL's RewardTrainer wants) and `gold_correct` (False where the label was flipped)."""
+    texts, as TRL's RewardTrainer wants), `gold_correct` (False where the label was flipped), and the same pairs
+    split as DPOTrainer wants them: `prompt`, `chosen_completion`, `rejected_completion`."""
     rng = random.Random(seed)
-    chosen, rejected, correct = [], [], []
+    chosen, rejected, correct, pair_prompts, chosen_completions, rejected_completions = [], [], [], [], [], []
     while len(chosen) < n:
         prompt = rng.choice(prompts)
         a, b = write_completion(rng), write_completion(rng)
@@ -144,4 +145,14 @@ def make_preference_pairs(prompts: Sequence[str], n: int, seed: int, label_noise
         chosen.append(prompt + a)
         rejected.append(prompt + b)
         correct.append(not flip)
-    return {"chosen": chosen, "rejected": rejected, "gold_correct": correct}
+        pair_prompts.append(prompt)
+        chosen_completions.append(a)
+        rejected_completions.append(b)
+    return {
+        "chosen": chosen,
+        "rejected": rejected,
+        "gold_correct": correct,
+        "prompt": pair_prompts,
+        "chosen_completion": chosen_completions,
+        "rejected_completion": rejected_completions,
+    }

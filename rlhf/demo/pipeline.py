@@ -1,6 +1,7 @@
 """Offline RLHF demo: corpus → tokenizer + tiny GPT-2 → SFT → reward model → PPO → evaluation → report.
 
     rlhf-demo                                   # = python -m rlhf.demo --config recipes/demo.yaml
+    rlhf-demo --frontier --resume               # + DPO and best-of-n on one gold-vs-KL frontier (rlhf/demo/study.py)
     rlhf-demo --stage ppo --resume              # one stage; skip what is done, continue PPO from its checkpoint
     rlhf-demo --sft_model ./my-sft --reward_model ./my-rm --stage ppo
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import shutil
 import statistics
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-STAGES = ("sft", "rm", "ppo", "eval")
+BASE_STAGES = ("sft", "rm", "ppo", "eval")
+STUDY_STAGES = ("dpo", "frontier")  # with --frontier (or one by one with --stage)
+STAGES = BASE_STAGES + STUDY_STAGES
 
 
 @dataclass
@@ -34,8 +38,12 @@ class DemoConfig:
     output_dir: str = field(
         default="runs/demo", metadata={"help": "where models, metrics, plots and report go"}
     )
-    stage: Literal["sft", "rm", "ppo", "eval", "all"] = field(
+    stage: Literal["sft", "rm", "ppo", "eval", "dpo", "frontier", "all"] = field(
         default="all", metadata={"help": "run one stage (its inputs must exist) or all"}
+    )
+    frontier: bool = field(
+        default=False,
+        metadata={"help": "--stage all also runs the dpo and frontier stages (PPO vs DPO vs best-of-n)"},
     )
     overwrite: bool = field(default=False, metadata={"help": "redo stages whose outputs already exist"})
     resume: bool = field(
@@ -90,11 +98,40 @@ class DemoConfig:
     )
     max_new_tokens: int = field(default=48, metadata={"help": "completion budget (reviews are ~27 tokens)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (PPO and evaluation)"})
-    save_steps: int = field(default=20, metadata={"help": "PPO checkpoint every N steps (for --resume)"})
+    save_steps: int = field(
+        default=10,
+        metadata={
+            "help": "PPO checkpoint every N steps (for --resume; all are kept: the frontier's PPO points)"
+        },
+    )
 
     # --- evaluation ----------------------------------------------------------------------------------------
     n_eval_prompts: int = field(default=96, metadata={"help": "held-out prompts scored for SFT and PPO"})
     n_report_samples: int = field(default=6, metadata={"help": "before/after samples shown in report.md"})
+
+    # --- the over-optimisation frontier: PPO vs DPO vs best-of-n (rlhf/demo/study.py) ------------------------
+    dpo_betas: list[float] = field(
+        default_factory=lambda: [0.03, 0.1, 0.3],
+        metadata={"help": "DPO runs, one per beta (the implicit reward's inverse temperature; each > 0)"},
+    )
+    dpo_steps: int = field(default=60, metadata={"help": "DPO optimizer steps per beta"})
+    dpo_batch_size: int = field(default=32, metadata={"help": "preference pairs per DPO step"})
+    dpo_learning_rate: float = field(default=3e-4, metadata={"help": "DPO peak learning rate (tiny model)"})
+    bon_n: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+        metadata={
+            "help": "best-of-n sizes (positive integers); the reward model picks, the gold judge scores"
+        },
+    )
+    bon_pool_size: int = field(
+        default=256,
+        metadata={
+            "help": "SFT samples per held-out prompt; best-of-n is exact over this pool (>= max bon_n)"
+        },
+    )
+    frontier_samples: int = field(
+        default=2, metadata={"help": "samples per held-out prompt for each PPO, DPO and SFT point"}
+    )
 
     POSITIVE: ClassVar[tuple[str, ...]] = (
         "num_threads", "n_reviews", "vocab_size", "n_layer", "n_embd", "n_head", "max_length",
@@ -102,6 +139,7 @@ class DemoConfig:
         "n_pairs", "n_eval_pairs", "rm_steps", "rm_batch_size", "rm_learning_rate",
         "ppo_steps", "rollout_batch_size", "mini_batch_size", "num_ppo_epochs", "ppo_learning_rate",
         "critic_learning_rate", "max_new_tokens", "temperature", "n_eval_prompts",
+        "dpo_steps", "dpo_batch_size", "dpo_learning_rate", "bon_pool_size", "frontier_samples",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -116,6 +154,19 @@ class DemoConfig:
         check_unit_interval("label_noise", self.label_noise)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        self._check_study()
+
+    def _check_study(self) -> None:
+        """The dpo and frontier stages' lists: DPO's beta scales a log-ratio (beta <= 0 is no DPO), n counts
+        samples, and best-of-n over a pool needs the pool to hold at least n samples."""
+        if not self.dpo_betas or not all(b > 0 and math.isfinite(b) for b in self.dpo_betas):
+            raise ValueError(f"dpo_betas: every beta must be a number > 0, got {self.dpo_betas!r}")
+        if not self.bon_n or not all(n >= 1 for n in self.bon_n):
+            raise ValueError(f"bon_n: every n must be a positive integer, got {self.bon_n!r}")
+        if self.bon_pool_size < max(self.bon_n):
+            raise ValueError(
+                f"bon_pool_size={self.bon_pool_size} must be >= the largest n in bon_n ({max(self.bon_n)})"
+            )
 
 
 def log(message: str) -> None:
@@ -163,7 +214,7 @@ class RunDir:
 
 def plan_stages(cfg: DemoConfig, run: RunDir) -> list[str]:
     """Which stages to run; refuses (before any training) to clobber finished work unless told to."""
-    wanted = list(STAGES) if cfg.stage == "all" else [cfg.stage]
+    wanted = list(BASE_STAGES + STUDY_STAGES * cfg.frontier) if cfg.stage == "all" else [cfg.stage]
     if cfg.sft_model:
         wanted = [s for s in wanted if s != "sft"]
     if cfg.overwrite and cfg.resume:
@@ -204,7 +255,13 @@ def validate_sources(cfg: DemoConfig, run: RunDir, todo: list[str]) -> None:
         if getattr(cfg, name):
             load_model_config(getattr(cfg, name), field=name)
     sources = model_sources(cfg, run)
-    needs = {"rm": ["sft"], "ppo": ["sft", "rm"], "eval": ["sft", "rm", "ppo"]}
+    needs = {
+        "rm": ["sft"],
+        "ppo": ["sft", "rm"],
+        "eval": ["sft", "rm", "ppo"],
+        "dpo": ["sft"],
+        "frontier": ["sft", "rm", "ppo", "dpo"],
+    }
     for stage in todo:
         for need in needs.get(stage, []):
             if need in todo or (need == "sft" and cfg.sft_model) or (need == "rm" and cfg.reward_model):
@@ -213,7 +270,7 @@ def validate_sources(cfg: DemoConfig, run: RunDir, todo: list[str]) -> None:
                 raise FileNotFoundError(
                     f"--stage {stage} needs the {need} stage's model in {sources[need]}, which is missing or "
                     f"unfinished: run `--stage {need}` first"
-                    + {"sft": " or pass --sft_model", "rm": " or pass --reward_model", "ppo": ""}[need]
+                    + {"sft": " or pass --sft_model", "rm": " or pass --reward_model"}.get(need, "")
                 )
 
 
@@ -304,7 +361,7 @@ def ppo_config(cfg: DemoConfig, out: Path, resume: str | None) -> Any:
         reward_weights=[1.0, 0.0],
         missing_eos_penalty=None,
         save_steps=cfg.save_steps,
-        save_total_limit=2,
+        save_total_limit=None,  # every checkpoint stays: the frontier stage evaluates PPO along training
         resume_from_checkpoint=resume,
         # greedy completions for the held-out prompts every eighth of the run, scored by the proxy RM and the
         # gold judge: eval.png shows whether the gold reward follows the proxy on prompts PPO never trained on
@@ -367,6 +424,24 @@ def validate_ppo_settings(cfg: DemoConfig, run: RunDir) -> None:
             f"finished stages: pass --overwrite to retrain PPO, --ppo_steps {trained} to keep it, or "
             "--output_dir <new dir>"
         )
+
+
+def validate_study_settings(cfg: DemoConfig, run: RunDir, todo: list[str]) -> None:
+    """A finished dpo or frontier stage that --resume would keep must have been run with the settings asked for
+    now (else the report would show other betas or other n than the command says)."""
+    from rlhf.demo.study import DPO_SETTINGS, FRONTIER_SETTINGS
+
+    for stage, names in (("dpo", DPO_SETTINGS), ("frontier", FRONTIER_SETTINGS)):
+        done = run.done(stage)
+        if stage in todo or not done or not (cfg.resume or "frontier" in todo):
+            continue  # redone, not there, or neither kept for this summary nor read by a frontier stage
+        for name in names:
+            if done["settings"][name] != getattr(cfg, name):
+                raise ValueError(
+                    f"--{name} {getattr(cfg, name)}: the finished {stage} stage in {run.stage(stage)} used "
+                    f"{done['settings'][name]} and --resume skips finished stages: pass --overwrite to redo it, "
+                    f"--{name} {done['settings'][name]} to keep it, or --output_dir <new dir>"
+                )
 
 
 def run_ppo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
@@ -485,9 +560,12 @@ def summarise(cfg: DemoConfig, run: RunDir) -> dict[str, Any] | None:
     from rlhf.demo.report import write_report
 
     done = {s: run.done(s) for s in STAGES}
-    if not all(done.values()) and not (cfg.sft_model and all(done[s] for s in ("rm", "ppo", "eval"))):
+    if not all(done[s] for s in BASE_STAGES) and not (
+        cfg.sft_model and all(done[s] for s in ("rm", "ppo", "eval"))
+    ):
         return None
-    seconds = {s: (done[s] or {}).get("seconds", 0.0) for s in STAGES}
+    ran = [s for s in STAGES if s in BASE_STAGES or done[s]]
+    seconds = {s: (done[s] or {}).get("seconds", 0.0) for s in ran}
     summary = {
         "rm_accuracy": done["rm"]["rm_accuracy"],
         "rm_train_accuracy_noisy": done["rm"].get("rm_train_accuracy_noisy"),
@@ -497,12 +575,35 @@ def summarise(cfg: DemoConfig, run: RunDir) -> dict[str, Any] | None:
         "seed": cfg.seed,
         "num_threads": cfg.num_threads,
     }
+    if done["frontier"]:
+        from rlhf.demo.study import frontier_summary
+
+        summary["frontier"] = frontier_summary(run)
     (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(run.path, summary, cfg)
     return summary
 
 
-RUNNERS = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "eval": run_eval}
+def run_dpo(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    from rlhf.demo import study
+
+    return study.run_dpo(cfg, run)
+
+
+def run_frontier(cfg: DemoConfig, run: RunDir) -> dict[str, Any]:
+    from rlhf.demo import study
+
+    return study.run_frontier(cfg, run)
+
+
+RUNNERS = {
+    "sft": run_sft,
+    "rm": run_rm,
+    "ppo": run_ppo,
+    "eval": run_eval,
+    "dpo": run_dpo,
+    "frontier": run_frontier,
+}
 KEY_NUMBER = {
     "sft": lambda i: f"final train loss {i['final_loss']:.3f}",
     "rm": lambda i: f"held-out pairwise accuracy {i['rm_accuracy']:.3f}",
@@ -514,6 +615,11 @@ KEY_NUMBER = {
         f"gold reward SFT {i['gold_reward_sft']:.3f} -> PPO {i['gold_reward_ppo']:.3f}, proxy "
         f"{i['proxy_reward_sft']:.3f} -> {i['proxy_reward_ppo']:.3f}, KL(PPO||SFT) {i['kl_ppo']:.2f}"
     ),
+    "dpo": lambda i: (
+        "held-out implicit reward accuracy "
+        + ", ".join(f"beta {b['beta']:g} {b['heldout_accuracy']:.3f}" for b in i["betas"])
+    ),
+    "frontier": lambda i: f"highest gold reward {i['best_gold']:.3f} ({i['best']}, KL {i['best_kl']:.2f})",
 }
 
 
@@ -526,6 +632,7 @@ def prepare(cfg: DemoConfig) -> tuple[RunDir, list[str]]:
     todo = plan_stages(cfg, run)
     validate_sources(cfg, run, todo)
     validate_ppo_settings(cfg, run)
+    validate_study_settings(cfg, run, todo)
     return run, todo
 
 
@@ -553,7 +660,7 @@ def execute(cfg: DemoConfig, run: RunDir, todo: list[str]) -> dict[str, Any] | N
     if summary:
         log(
             f"[demo] {time.perf_counter() - t_all:.1f} s this invocation; per stage "
-            + ", ".join(f"{s} {summary['seconds'][s]:.1f} s" for s in STAGES)
+            + ", ".join(f"{s} {v:.1f} s" for s, v in summary["seconds"].items() if s != "total")
             + f". Report: {run.path / 'report.md'}"
         )
     return summary

@@ -53,12 +53,119 @@ def plot_proxy_vs_gold(path: Path, rows: list[dict[str, Any]], summary: dict[str
     return path
 
 
+STYLE = {"ppo": ("C0", "o", "PPO (checkpoints along training)"), "dpo": ("C2", "s", "DPO (one point per beta)"),
+         "bon": ("C3", "^", "best-of-n (reward model picks)")}  # fmt: skip
+
+
+def plot_frontier(path: Path, frontier: dict[str, Any]) -> Path:
+    """Gold (left) and proxy (right) reward against sqrt(KL(policy || SFT)) for PPO, DPO and best-of-n, as in Gao
+    et al. 2022, with the fitted gold forms dashed and the SFT policy at the origin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from rlhf.demo.frontier import along, gao_features
+
+    rows, fits = frontier["rows"], frontier["fits"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    sft = next(r for r in rows if r["method"] == "sft")
+    for ax, key, title in zip(
+        axes, ("gold", "proxy"), ("gold reward (lexicon judge)", "proxy reward (reward model)")
+    ):
+        ax.plot([0], [sft[key]], "k*", ms=10, label="SFT policy")
+        for method, (color, marker, label) in STYLE.items():
+            points = along(rows, method)
+            line = points if method == "bon" else [sft, *points]  # PPO and DPO start from the SFT policy
+            ax.plot(
+                [r["sqrt_kl"] for r in line],
+                [r[key] for r in line],
+                color=color,
+                marker=marker,
+                label=label,
+            )
+            for r in points if method != "ppo" else points[-1:]:
+                ax.annotate(
+                    _short(r), (r["sqrt_kl"], r[key]), fontsize=7, xytext=(3, -9), textcoords="offset points"
+                )
+            if key == "gold" and method in fits:
+                d = torch.linspace(0, max(r["sqrt_kl"] for r in points) * 1.15, 80)
+                coef = torch.tensor([fits[method]["alpha"], fits[method]["beta"]], dtype=torch.float64)
+                fitted = fits[method]["start_gold"] + gao_features(d, fits[method]["form"]) @ coef
+                ax.plot(d, fitted, color=color, ls="--", lw=1)
+        ax.set_xlabel("sqrt(KL(policy || SFT)), KL in nats per completion")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-1.05, 1.05)  # the gold judge's range; a fit may run past it
+    axes[0].set_title("gold reward (dashed: Gao et al. fits)")
+    axes[1].set_title("proxy reward")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _short(row: dict[str, Any]) -> str:
+    return {"ppo": f"step {row['setting']}", "dpo": f"beta {row['setting']:g}", "bon": f"n={row['setting']}"}[
+        row["method"]
+    ]
+
+
+def frontier_lines(frontier: dict[str, Any]) -> list[str]:
+    """The report's frontier section: plot, table, fits and the paragraph."""
+    lines = [
+        "## PPO, DPO and best-of-n on one frontier",
+        "",
+        "![gold and proxy reward against sqrt(KL)](frontier.png)",
+        "",
+        f"Held-out prompts: {frontier['n_prompts']}. KL(policy || SFT) in nats per completion, from samples of the "
+        "policy (PPO, DPO); exact over the pool of SFT samples per prompt for best-of-n "
+        f"({frontier['bon_pool_repeats']:.1%} of pool samples repeat one of their prompt's pool), next to the "
+        "analytic log n - (n-1)/n.",
+        "",
+        "| policy | KL | sqrt(KL) | gold reward | proxy reward | analytic KL |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in frontier["rows"]:
+        analytic = f"{r['kl_analytic']:.3f}" if "kl_analytic" in r else ""
+        lines.append(
+            f"| {r['label']} | {r['kl']:.3f} | {r['sqrt_kl']:.3f} | {r['gold']:.3f} ± {r['gold_se']:.3f} "
+            f"| {r['proxy']:.3f} | {analytic} |"
+        )
+    lines += [
+        "",
+        "| fit (gold gain vs d = sqrt(KL)) | form | alpha | beta | R^2 | peak at d |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, fit in frontier["fits"].items():
+        form = "d (alpha - beta d)" if fit["form"] == "bon" else "d (alpha - beta log d)"
+        lines.append(
+            f"| {method} | {form} | {fit['alpha']:.4f} | {fit['beta']:.4f} | {fit['r2']:.3f} "
+            f"| {fit['peak_sqrt_kl']:.2f} |"
+        )
+    accuracies = ", ".join(
+        f"beta {b['beta']:g}: {b['heldout_accuracy']:.3f}" for b in frontier.get("dpo", [])
+    )
+    lines += [
+        "",
+        f"DPO's implicit reward accuracy on the reward model's held-out pairs: {accuracies}.",
+        "",
+        frontier["paragraph"],
+        "",
+    ]
+    return lines
+
+
 def _cell(text: str) -> str:
     return text.strip().replace("|", "\\|").replace("\n", " ") or "*(empty)*"
 
 
 def _plots(run_dir: Path, summary: dict[str, Any]) -> None:
-    """The report's PNGs from the PPO stage's metrics.jsonl."""
+    """The report's PNGs from the PPO stage's metrics.jsonl (and the frontier's, when it ran)."""
+    if "frontier" in summary:
+        plot_frontier(run_dir / "frontier.png", summary["frontier"])
     # training steps only (the step-0 row holds the starting model's evaluation alone)
     rows = [r for r in read_metrics(run_dir / "ppo" / "metrics.jsonl") if "reward" in r]
     plot_proxy_vs_gold(run_dir / "reward_proxy_vs_gold.png", rows, summary)
@@ -112,6 +219,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
         + f"; total {sec['total']:.1f} ({s['num_threads']} torch threads).",
         "",
         *_plot_section(run_dir),
+        *(frontier_lines(s["frontier"]) if "frontier" in s else []),
         "## Samples: the same held-out prompts, before (SFT) and after (PPO)",
         "",
         "| prompt | SFT completion | gold / proxy | PPO completion | gold / proxy |",

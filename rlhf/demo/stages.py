@@ -176,6 +176,87 @@ def train_reward_model(
     return float(bar.last_logs.get("accuracy", math.nan))
 
 
+def train_dpo(
+    cfg: Any,
+    init_from: str,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: dict[str, list],
+    beta: float,
+    out: Path,
+) -> float:
+    """DPO (Rafailov et al. 2023) with TRL's DPOTrainer from the SFT policy (also the frozen reference) on the
+    reward model's own preference pairs, as prompt / chosen / rejected completions; saves model + tokenizer to
+    `out`. Returns the final training accuracy of the implicit reward against the (noisy) labels."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = trl_config(
+        DPOConfig, cfg, out / "trl", cfg.dpo_steps, cfg.dpo_batch_size, cfg.dpo_learning_rate,
+        beta=beta, max_length=cfg.max_length, loss_type=["sigmoid"],
+    )  # fmt: skip
+    columns = {
+        "prompt": pairs["prompt"],
+        "chosen": pairs["chosen_completion"],
+        "rejected": pairs["rejected_completion"],
+    }
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(init_from),
+        args=args,
+        train_dataset=datasets.Dataset.from_dict(columns),
+        processing_class=tokenizer,
+    )
+    bar = StageBar(f"dpo beta {beta:g}", out / "metrics.jsonl")
+    _quiet(trainer, bar)
+    trainer.train()
+    save_pretrained(trainer.model, tokenizer, out)
+    return float(bar.last_logs.get("rewards/accuracies", math.nan))
+
+
+def completion_ids(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(prompt_ids, completion_ids + EOS) per row, split where DPOTrainer splits: prompt + completion tokenised
+    together, the completion starting after the prompt's tokens."""
+    rows = []
+    for prompt, completion in zip(prompts, completions):
+        prompt_ids = tokenizer(prompt).input_ids
+        full = tokenizer(prompt + completion).input_ids + [tokenizer.eos_token_id]
+        rows.append((torch.tensor(full[: len(prompt_ids)]), torch.tensor(full[len(prompt_ids) :])))
+    return rows
+
+
+def implicit_reward_accuracy(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: dict[str, list],
+) -> float:
+    """Fraction of pairs whose chosen completion gets the higher DPO implicit reward
+    beta * (log pi(y|x) - log pi_ref(y|x)) (beta > 0 does not change the order, so it is left out)."""
+    margins = []
+    for key in ("chosen", "rejected"):
+        ids = completion_ids(tokenizer, pairs["prompt"], pairs[f"{key}_completion"])
+        logp, ref_logp = sequence_logprobs(policy, ids), sequence_logprobs(reference, ids)
+        margins.append([a - b for a, b in zip(logp, ref_logp)])
+    return sum(c > r for c, r in zip(*margins)) / len(margins[0])
+
+
+def load_checkpoint_policy(sft_path: str | Path, checkpoint: Path) -> PreTrainedModel:
+    """The policy of a PPOTrainer checkpoint: the SFT model with the checkpoint's trained weights
+    (`policy.safetensors`, every trainable parameter; tied weights come along with their source)."""
+    from safetensors.torch import load_file
+
+    model = AutoModelForCausalLM.from_pretrained(sft_path)
+    missing, unexpected = model.load_state_dict(
+        load_file(str(checkpoint / "policy.safetensors")), strict=False
+    )
+    tied = {name for name in missing if name.endswith("lm_head.weight")}
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"{checkpoint}: policy weights do not match {sft_path} (missing {missing}, unexpected {unexpected})"
+        )
+    return model
+
+
 def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -242,17 +323,31 @@ def pairwise_accuracy(rm: RewardModel, chosen: list[str], rejected: list[str]) -
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: PreTrainedModel, token_ids: list[tuple[torch.Tensor, torch.Tensor]], temperature: float = 1.0
+    model: PreTrainedModel,
+    token_ids: list[tuple[torch.Tensor, torch.Tensor]],
+    temperature: float = 1.0,
+    batch_size: int = 64,
 ) -> list[float]:
     """Sum of log-probabilities of each response's tokens given its prompt, under the policy at `temperature`
-    (log_softmax(logits / T), the distribution `sample` draws from)."""
+    (log_softmax(logits / T), the distribution `sample` draws from). Rows are padded on the right in batches: the
+    real tokens keep positions 0.. and attend only to each other, so each sum is that of the row alone."""
     model.eval()
     totals = []
-    for prompt_ids, response_ids in token_ids:
-        ids = torch.cat([prompt_ids, response_ids])[None]  # (1, prompt_len + response_len)
-        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (response_len, vocab)
-        logprobs = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, response_ids[:, None])
-        totals.append(float(logprobs.sum()))
+    for i in range(0, len(token_ids), batch_size):
+        rows = [torch.cat([p, r]) for p, r in token_ids[i : i + batch_size]]
+        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (batch, longest); pad id irrelevant
+        attention_mask = torch.zeros_like(ids)
+        response_mask = torch.zeros_like(ids, dtype=torch.bool)  # marks the tokens that are predicted
+        for row, (prompt_ids, response_ids) in enumerate(token_ids[i : i + batch_size]):
+            attention_mask[row, : len(prompt_ids) + len(response_ids)] = 1
+            response_mask[row, len(prompt_ids) : len(prompt_ids) + len(response_ids)] = True
+        logits = model(input_ids=ids, attention_mask=attention_mask).logits[
+            :, :-1
+        ]  # (batch, longest - 1, vocab)
+        logprobs = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, ids[:, 1:, None])[
+            ..., 0
+        ]
+        totals += (logprobs * response_mask[:, 1:]).sum(-1).tolist()  # (batch,)
     return totals
 
 

@@ -13,10 +13,15 @@ from accelerate.commands.config.config_args import ClusterConfig
 from classic.cli import parse_config
 from rlhf.agent_command import AgentRecipeConfig
 from rlhf.train_command import PPORecipeConfig
-from rlhf.trl_stages import RewardRecipeConfig, SFTRecipeConfig
+from rlhf.trl_stages import DPORecipeConfig, RewardRecipeConfig, SFTRecipeConfig
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_CLASSES = {"ppo.py": PPORecipeConfig, "sft.py": SFTRecipeConfig, "reward_model.py": RewardRecipeConfig}
+CONFIG_CLASSES = {
+    "ppo.py": PPORecipeConfig,
+    "sft.py": SFTRecipeConfig,
+    "reward_model.py": RewardRecipeConfig,
+    "dpo.py": DPORecipeConfig,
+}
 # recipes/demo*.yaml belong to the offline demo (rlhf-demo, tests/rlhf/test_demo.py), not to these scripts
 RECIPE_YAMLS = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("demo"))
 LAUNCH = re.compile(
@@ -33,7 +38,7 @@ def test_the_issue_recipes_are_all_shipped():
         "qwen_gsm8k_grpo_lora",
         "qwen_gsm8k_ppo",
     }
-    assert expected | {"tldr_sft", "tldr_reward", "tldr_ppo"} <= names
+    assert expected | {"tldr_sft", "tldr_reward", "tldr_ppo", "tldr_dpo"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPE_YAMLS, ids=lambda p: p.name)

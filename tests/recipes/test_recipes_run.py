@@ -10,7 +10,14 @@ import pytest
 
 from classic.cli import parse_config
 from rlhf.train_command import PPORecipeConfig, run_ppo
-from rlhf.trl_stages import RewardRecipeConfig, SFTRecipeConfig, run_reward, run_sft
+from rlhf.trl_stages import (
+    DPORecipeConfig,
+    RewardRecipeConfig,
+    SFTRecipeConfig,
+    run_dpo,
+    run_reward,
+    run_sft,
+)
 from tests.recipes.conftest import REPO, launch
 
 SMALL_PPO = ["--max_steps", "2", "--micro_batch_size", "2", "--num_ppo_epochs", "1", "--max_new_tokens", "4"]
@@ -112,6 +119,22 @@ def test_tldr_reward(assets, tmp_path):
     assert config["pad_token_id"] is not None
 
 
+def test_tldr_dpo(assets, tmp_path):
+    """DPO on the prompt/chosen/rejected stand-in of trl-lib/tldr-preference: the policy is saved as a causal LM
+    with its tokenizer, and it moved away from the starting model (also the reference)."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "dpo"
+    overrides = ["--model_name_or_path", assets["lm"], "--dataset_name", assets["tldr_preference"]]
+    overrides += ["--output_dir", str(out), "--learning_rate", "1e-3", "--warmup_steps", "0", *SMALL_TRL]
+    check_ok(launch("dpo.py", "recipes/tldr_dpo.yaml", *overrides), out)
+    assert (out / "tokenizer.json").is_file()
+    before = AutoModelForCausalLM.from_pretrained(assets["lm"]).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys()
+    assert max((after[k] - before[k]).abs().max().item() for k in before) > 1e-4
+
+
 # --- bad input: fails before any training, naming the field ------------------------------------------------------
 def ppo_config(assets, tmp_path, *extra: str) -> PPORecipeConfig:
     base = ["--config", str(REPO / "recipes/gpt2_imdb_ppo.yaml"), "--model_name_or_path", assets["lm"]]
@@ -176,6 +199,23 @@ def test_sft_and_reward_bad_input_fail_before_training(assets, tmp_path, monkeyp
     rm.model_name_or_path, rm.dataset_name = assets["lm"], assets["tldr"]
     with pytest.raises(ValueError, match=r"no column\(s\) \['chosen', 'rejected'\]"):
         run_reward(rm)
+    assert not (tmp_path / "o").exists()
+
+
+def test_dpo_bad_input_is_one_line_before_training(assets, tmp_path):
+    """A preference dataset without chosen/rejected, and a beta <= 0, are refused before any weights load."""
+    base = ["--config", str(REPO / "recipes/tldr_dpo.yaml"), "--model_name_or_path", assets["lm"]]
+    base += ["--output_dir", str(tmp_path / "o")]
+    cfg = parse_config(DPORecipeConfig, [*base, "--dataset_name", assets["tldr"]])  # prompt/completion only
+    with pytest.raises(
+        ValueError, match=r"^dataset_name: the dataset has no column\(s\) \['chosen', 'rejected'\]"
+    ):
+        run_dpo(cfg)
+    for beta in ("0", "-0.1"):
+        with pytest.raises(ValueError, match=rf"^beta must be > 0 \(it scales .*\), got {float(beta)}$"):
+            parse_config(
+                DPORecipeConfig, [*base, "--dataset_name", assets["tldr_preference"], "--beta", beta]
+            )
     assert not (tmp_path / "o").exists()
 
 
