@@ -154,8 +154,8 @@ class SFTRecipeConfig(TRLStageConfig):
 
 
 @dataclass(kw_only=True)
-class RewardRecipeConfig(TRLStageConfig):
-    """Reward-model recipe (TRL RewardTrainer, Bradley-Terry loss on preference pairs)."""
+class PreferenceStageConfig(TRLStageConfig):
+    """What the reward-model and DPO stages share: a dataset of chosen/rejected pairs, counted in pairs."""
 
     model_name_or_path: str = field(
         metadata={"help": "initial model (usually the SFT model): id or directory"}
@@ -163,11 +163,17 @@ class RewardRecipeConfig(TRLStageConfig):
     max_samples: int | None = field(
         default=None, metadata={"help": "use only the first N pairs (None = all)"}
     )
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
+
+
+@dataclass(kw_only=True)
+class RewardRecipeConfig(PreferenceStageConfig):
+    """Reward-model recipe (TRL RewardTrainer, Bradley-Terry loss on preference pairs)."""
+
     output_dir: str = field(
         default="runs/reward_model", metadata={"help": "where the model and tokenizer go"}
     )
     learning_rate: float = field(default=3e-6, metadata={"help": "peak learning rate"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
     max_length: int = field(default=1024, metadata={"help": "pairs with a longer side are dropped"})
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "weight of a (r_chosen + r_rejected)^2 term that centres scores"}
@@ -175,20 +181,13 @@ class RewardRecipeConfig(TRLStageConfig):
 
 
 @dataclass(kw_only=True)
-class DPORecipeConfig(TRLStageConfig):
-    """DPO recipe (TRL DPOTrainer on preference pairs; the reference is the starting model)."""
+class DPORecipeConfig(PreferenceStageConfig):
+    """DPO recipe (TRL DPOTrainer on preference pairs; the starting model is also the frozen reference)."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "initial policy and frozen reference (usually the SFT model): id or directory"}
-    )
-    max_samples: int | None = field(
-        default=None, metadata={"help": "use only the first N pairs (None = all)"}
-    )
     output_dir: str = field(default="runs/dpo", metadata={"help": "where the model and tokenizer go"})
     learning_rate: float = field(
         default=1e-6, metadata={"help": "peak learning rate (Rafailov et al.: 1e-6)"}
     )
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
     max_length: int = field(
         default=1024, metadata={"help": "truncate prompt + completion to this many tokens"}
     )
@@ -214,6 +213,16 @@ class DPORecipeConfig(TRLStageConfig):
             )
 
 
+def train_and_save(trainer: Any, cfg: TRLStageConfig) -> None:
+    """Train, save model + tokenizer to output_dir, then free the trainer before the process group goes (a DDP
+    model still alive when the group is destroyed can abort the process at exit)."""
+    trainer.train()
+    trainer.save_model(cfg.output_dir)
+    accelerator = trainer.accelerator
+    del trainer
+    end_distributed(accelerator)
+
+
 def run_sft(cfg: SFTRecipeConfig) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer; saves model + tokenizer (with its PAD token) to output_dir."""
     from trl import SFTConfig, SFTTrainer
@@ -227,12 +236,8 @@ def run_sft(cfg: SFTRecipeConfig) -> None:
     )
     ensure_pad_token(tokenizer, model)
     args = cfg.training_args(SFTConfig)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(cfg.output_dir)  # model + tokenizer (with its PAD token)
-    accelerator = trainer.accelerator
-    del trainer
-    end_distributed(accelerator)
+    # model + tokenizer (with its PAD token)
+    train_and_save(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), cfg)
 
 
 def run_reward(cfg: RewardRecipeConfig) -> None:
@@ -252,12 +257,9 @@ def run_reward(cfg: RewardRecipeConfig) -> None:
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     args = cfg.training_args(RewardConfig, center_rewards_coefficient=cfg.center_rewards_coefficient)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(cfg.output_dir)
-    accelerator = trainer.accelerator
-    del trainer
-    end_distributed(accelerator)
+    train_and_save(
+        RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), cfg
+    )
 
 
 def run_dpo(cfg: DPORecipeConfig) -> None:
@@ -276,9 +278,4 @@ def run_dpo(cfg: DPORecipeConfig) -> None:
         loss_type=[cfg.loss_type],
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(cfg.output_dir)
-    accelerator = trainer.accelerator
-    del trainer
-    end_distributed(accelerator)
+    train_and_save(DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), cfg)

@@ -135,7 +135,7 @@ def describe_frontier(rows: list[dict], fits: dict[str, dict[str, float]]) -> st
         points = along(rows, method)
         if not points:
             continue
-        name = METHOD_NAMES[method]
+        name = METHOD_NAMES[method][:1].upper() + METHOD_NAMES[method][1:]  # it starts a sentence
         turn = overoptimisation(points)
         if turn:
             peak, last = turn["peak"], turn["last"]
@@ -146,12 +146,13 @@ def describe_frontier(rows: list[dict], fits: dict[str, dict[str, float]]) -> st
                 "over-optimisation of the reward model."
             )
         else:
-            top = max(points, key=lambda r: r["kl"])
+            last = points[-1]
             text.append(
-                f"{name}'s gold reward does not fall (by two standard errors) while its proxy rises, up to KL "
-                f"{top['kl']:.2f} "
-                f"({top['label']}: gold {top['gold']:.3f}, proxy {top['proxy']:.3f})."
+                f"{name}'s gold reward does not fall (by two standard errors) while its proxy rises, over KL up to "
+                f"{max(r['kl'] for r in points):.2f} ({last['label']}: gold {last['gold']:.3f}, proxy "
+                f"{last['proxy']:.3f}, KL {last['kl']:.2f})."
             )
+    text += _kl_to_match(rows)
     for method, fit in fits.items():
         where = (
             f"a peak gain of {fit['peak_gain']:.3f} at sqrt(KL) {fit['peak_sqrt_kl']:.2f}"
@@ -163,3 +164,31 @@ def describe_frontier(rows: list[dict], fits: dict[str, dict[str, float]]) -> st
             f"{fit['r2']:.2f}) predicts {where}."
         )
     return " ".join(text)
+
+
+def kl_to_reach(points: list[dict], gold: float) -> float | None:
+    """The KL at which a curve (points ordered along it) first reaches `gold`, linear in sqrt(KL) between its
+    points (the axis Gao et al. plot against); None if it never does."""
+    for a, b in zip(points, points[1:]):
+        if a["gold"] < gold <= b["gold"]:
+            d = a["sqrt_kl"] + (gold - a["gold"]) / (b["gold"] - a["gold"]) * (b["sqrt_kl"] - a["sqrt_kl"])
+            return d * d
+    return points[0]["kl"] if points and points[0]["gold"] >= gold else None
+
+
+def _kl_to_match(rows: list[dict]) -> list[str]:
+    """How much KL best-of-n spends to match the best gold reward of PPO and of DPO: the KL price of each."""
+    bon = along(rows, "bon")
+    text = []
+    for method in ("ppo", "dpo"):
+        points = along(rows, method)
+        if not bon or not points:
+            continue
+        best = max(points, key=lambda r: r["gold"])
+        needed = kl_to_reach(bon, best["gold"])
+        if needed is not None:
+            text.append(
+                f"Best-of-n matches {METHOD_NAMES[method]}'s best gold reward ({best['gold']:.3f} at KL "
+                f"{best['kl']:.2f}) at KL {needed:.2f}."
+            )
+    return text

@@ -192,7 +192,6 @@ def run_frontier(cfg: Any, run: Any) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf.demo import corpus, stages
-    from rlhf.demo.frontier import describe_frontier
     from rlhf.demo.pipeline import model_sources
 
     t0 = time.perf_counter()
@@ -211,7 +210,6 @@ def run_frontier(cfg: Any, run: Any) -> dict[str, Any]:
     result = {
         "rows": rows,
         "fits": fits,
-        "paragraph": describe_frontier(rows, fits),
         "bon_pool_repeats": repeats,
         "n_prompts": len(prompts),
         "settings": {name: getattr(cfg, name) for name in FRONTIER_SETTINGS},
@@ -233,6 +231,11 @@ def run_frontier(cfg: Any, run: Any) -> dict[str, Any]:
 def frontier_summary(run: Any) -> dict[str, Any]:
     """What summary.json holds of the study: the frontier table, the fits, the paragraph, and DPO's held-out
     implicit reward accuracy per beta."""
+    from rlhf.demo.frontier import describe_frontier
+
     result = json.loads((run.stage("frontier") / "frontier.json").read_text())
+    result["paragraph"] = describe_frontier(
+        result["rows"], result["fits"]
+    )  # written from the numbers, each time
     result["dpo"] = (run.done("dpo") or {}).get("betas", [])
     return result

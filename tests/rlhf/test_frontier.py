@@ -13,6 +13,7 @@ from rlhf.demo.frontier import (
     bon_kl_without_ties,
     describe_frontier,
     fit_gao,
+    kl_to_reach,
     overoptimisation,
 )
 
@@ -122,4 +123,18 @@ def test_the_paragraph_comes_from_the_numbers():
         "PPO's gold reward peaks at 0.600 (ppo 10, KL 1.00); past it the proxy keeps rising (1.000 -> 2.000"
         in text
     )
-    assert "DPO's gold reward does not fall" in text and "The fitted best-of-n form" in text
+    assert (
+        "DPO's gold reward does not fall (by two standard errors) while its proxy rises, over KL up to 9.00"
+        in text
+    )
+    # best-of-n goes from gold 0 at KL 0 to 0.7 at sqrt(KL) 0.8: gold 0.6 at sqrt(KL) 0.8 * 6/7, KL 0.470
+    assert "Best-of-n matches PPO's best gold reward (0.600 at KL 1.00) at KL 0.47." in text
+    assert "The fitted best-of-n form" in text
+
+
+def test_kl_to_reach_interpolates_in_sqrt_kl_by_hand():
+    curve = [point("bon", 1, 0.0, 0.1, 0.0), point("bon", 2, 1.0, 0.5, 1.0), point("bon", 4, 4.0, 0.9, 2.0)]
+    assert kl_to_reach(curve, 0.3) == pytest.approx(0.25)  # halfway from sqrt 0 to sqrt 1: sqrt(KL) 0.5
+    assert kl_to_reach(curve, 0.7) == pytest.approx(1.5**2)  # halfway from sqrt 1 to sqrt 2
+    assert kl_to_reach(curve, 0.05) == 0.0  # the first point already has it
+    assert kl_to_reach(curve, 0.95) is None  # never reached
