@@ -311,6 +311,28 @@ def test_resume_with_more_ppo_steps_than_a_finished_stage_is_refused(short_run, 
         run_demo(parse_config(DemoConfig, argv))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            ["--dpo_betas", "[0.1]"],
+            r"^--dpo_betas \[0.1\]: the finished dpo stage in .* used \[0.1, 0.3\] and --resume",
+        ),
+        (
+            ["--bon_n", "[1, 4]"],
+            r"^--bon_n \[1, 4\]: the finished frontier stage in .* used \[1, 2, 4, 8, 16\]",
+        ),
+    ],
+)
+def test_resume_keeps_no_study_stage_run_with_other_settings(
+    short_run, tmp_path, monkeypatch, override, message
+):
+    run_dir = copy_run(short_run, tmp_path)
+    no_stage_may_run(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        run_demo(parse_config(DemoConfig, ["--output_dir", str(run_dir), "--resume", *SHORT, *override]))
+
+
 # --- every stage's settings are checked before any stage runs ----------------------------------------------------
 @pytest.mark.parametrize(
     ("override", "message"),
