@@ -97,7 +97,8 @@ def plot_frontier(path: Path, frontier: dict[str, Any]) -> Path:
         ax.set_xlabel("sqrt(KL(policy || SFT)), KL in nats per completion")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(-1.05, 1.05)  # the gold judge's range; a fit may run past it
+    # within the gold judge's range [-1, 1] (a fit may run past it), from just below the lowest point
+    axes[0].set_ylim(max(-1.05, min(r["gold"] for r in rows) - 0.15), 1.05)
     axes[0].set_title("gold reward (dashed: Gao et al. fits)")
     axes[1].set_title("proxy reward")
     axes[0].legend(fontsize=8, loc="lower right")
