@@ -38,7 +38,9 @@ SHORT = [
     "--n_eval_prompts", "32",
 ]  # fmt: skip
 # The over-optimisation study on top (rlhf/demo/study.py): two DPO betas of 20 steps, best-of-n up to 16 from a
-# pool of 64 SFT samples for each of the 32 held-out prompts.
+# pool of 64 SFT samples for each of the 32 held-out prompts. Measured 2026-12-05 (seed 0, 1 thread): the short run
+# takes 30 s (15 s without the study); DPO held-out accuracy 0.765 (beta 0.1) and 0.805 (beta 0.3); best-of-n gold
+# -0.027, 0.224, 0.431, 0.583, 0.677 for n = 1..16, KL at n = 16 1.832 (analytic 1.835, 1.0% of the pool repeats).
 SHORT += [
     "--frontier", "true",
     "--dpo_betas", "[0.1, 0.3]",
