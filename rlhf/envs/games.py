@@ -63,18 +63,74 @@ def _frozenlake_position(env: gym.Env, obs: int) -> str:
     )
 
 
+def frozenlake_distances(desc: np.ndarray) -> np.ndarray:
+    """Moves from each square to the goal along safe squares (breadth-first from G); -1 where there is no path
+    (holes, and squares walled in by holes). `desc` is the env's (nrow, ncol) bytes map."""
+    nrow, ncol = desc.shape
+    dist = np.full((nrow, ncol), -1)
+    frontier = [tuple(int(i) for i in np.argwhere(desc == b"G")[0])]
+    dist[frontier[0]] = 0
+    while frontier:
+        row, col = frontier.pop(0)
+        for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+            if 0 <= r < nrow and 0 <= c < ncol and dist[r, c] < 0 and desc[r, c] != b"H":
+                dist[r, c] = dist[row, col] + 1
+                frontier.append((r, c))
+    return dist
+
+
+class DistanceShaping(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Potential-based reward shaping (Ng, Harada and Russell 1999) for FrozenLake: each step's reward gains
+    phi(s') - phi(s), with phi = -(moves to the goal) / (the most moves any square needs), phi(goal) = 0 and
+    phi = -1 in a hole or a square with no path. A step toward the goal earns +1/D, a step away -1/D, a hole
+    -1 + (moves left)/D. Over an episode the shaping sums to phi(last) - phi(first). With an undiscounted return
+    (gamma 1) this is Ng et al.'s theorem with one difference: a hole's potential is -1, not 0, which adds -1 to
+    every move into a hole; on a non-slippery lake no optimal move enters a hole, so the optimal moves are the
+    env's own (tests/rlhf/test_envs.py checks it by value iteration), while on a slippery one the penalty can
+    make a risky route less attractive. What changes is that a policy that never reaches the goal still learns
+    which moves help. info["env_reward"] keeps the unshaped reward; `.unwrapped` is still the FrozenLake a
+    `classic` agent trains on."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        dist = frozenlake_distances(env.unwrapped.desc).ravel()
+        self.potential = np.where(dist >= 0, -dist / max(int(dist.max()), 1), -1.0)
+        self._phi = 0.0
+
+    def reset(self, **kwargs) -> tuple[int, dict]:
+        obs, info = self.env.reset(**kwargs)
+        self._phi = float(self.potential[int(obs)])
+        return obs, info
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        phi, self._phi = self._phi, float(self.potential[int(obs)])
+        return obs, float(reward) + self._phi - phi, terminated, truncated, {**info, "env_reward": reward}
+
+
+def _at_goal(env: gym.Env, reward: float, terminated: bool, info: dict) -> bool:
+    lake = (
+        env.unwrapped
+    )  # the tile, not the reward: a shaped reward is positive on every step toward the goal
+    return bool(terminated and lake.desc.flat[int(lake.s)] == b"G")
+
+
 def make_frozenlake(
     size: int = 4,
     is_slippery: bool = False,
     map_seed: int | None = None,
     map_in_prompt: bool = False,
+    shaping: bool = False,
     **text_kwargs,
 ) -> TextEnv:
     """FrozenLake-v1 in text: gymnasium's 4x4 or 8x8 map, or with `map_seed` a random `size` x `size` map from
     `generate_random_map(size, seed=map_seed)` (which only returns maps with a path from start to goal).
 
     map_in_prompt: the map goes into the system prompt once and each observation is one line (the position and
-    what is there), about a fifth of the tokens of redrawing the grid every turn."""
+    what is there), about a fifth of the tokens of redrawing the grid every turn.
+    shaping: add `DistanceShaping`'s potential-based reward (the env's own reward is 1 at the goal and nothing
+    else, which a model that never reaches the goal cannot learn from)."""
     if map_seed is None:
         if size not in (4, 8):
             raise ValueError(f"size must be 4 or 8 for the built-in maps (or give map_seed), got {size!r}")
@@ -100,13 +156,15 @@ def make_frozenlake(
     if map_in_prompt:
         rows = "\n".join(" ".join(c.decode() for c in line) for line in env.unwrapped.desc)
         system_prompt += f"\nThe map (S start, F ice, H hole, G goal):\n{rows}"
+    if shaping:
+        env = DistanceShaping(env)
     return TextEnv(
         env,
         _frozenlake_position if map_in_prompt else _frozenlake_text,
         word_parser(GRID_MOVES),
         system_prompt,
         reply_hint=_hint(GRID_MOVES),
-        success=lambda env, reward, terminated, info: terminated and reward > 0,
+        success=_at_goal,
         **text_kwargs,
     )
 

@@ -26,7 +26,7 @@ from rlhf.envs import (
     safe_eval,
     word_parser,
 )
-from rlhf.envs.games import GRID_MOVES, TAXI_MOVES
+from rlhf.envs.games import GRID_MOVES, TAXI_MOVES, DistanceShaping, frozenlake_distances
 
 OPTIMAL_4X4 = [
     "down",
@@ -98,6 +98,60 @@ def test_frozenlake_scripted_optimal_path():
     env.reset(seed=0)
     obs, reward, terminated, _, info = play(env, ["right", "down"])[-1]
     assert (reward, terminated, info["success"]) == (0.0, True, False) and "fell into a hole" in obs
+
+
+def _q_values(lake: FrozenLakeEnv, potential: np.ndarray | None) -> np.ndarray:
+    """Q* by value iteration with gamma 1 on the lake's own model, the reward shaped by `potential` if given."""
+    phi = np.zeros(lake.observation_space.n) if potential is None else potential
+    V = np.zeros(lake.observation_space.n)
+    for _ in range(100):
+        Q = np.array(
+            [
+                [
+                    sum(
+                        p * (r + phi[s2] - phi[s] + (0.0 if done else V[s2]))
+                        for p, s2, r, done in lake.P[s][a]
+                    )
+                    for a in range(4)
+                ]
+                for s in range(lake.observation_space.n)
+            ]
+        )
+        V = Q.max(axis=1)
+    return Q
+
+
+def test_frozenlake_distance_shaping_is_potential_based():
+    env = make_frozenlake(size=4, shaping=True)
+    shaping = env.env
+    assert isinstance(shaping, DistanceShaping) and type(env.unwrapped) is FrozenLakeEnv
+    assert frozenlake_distances(env.unwrapped.desc).tolist() == [
+        [6, 5, 4, 5],
+        [5, -1, 3, -1],
+        [4, 3, 2, -1],
+        [-1, 2, 1, 0],
+    ]
+    env.reset(seed=0)
+    steps = play(env, OPTIMAL_4X4)
+    # each move toward the goal earns 1/6 (6 moves from the start), the goal 1 + 1/6; the shaping telescopes to
+    # phi(goal) - phi(start) = 0 - (-1) = 1 on top of the env's 1
+    assert [r for _, r, _, _, _ in steps] == pytest.approx([1 / 6] * 5 + [7 / 6])
+    assert [i["env_reward"] for *_, i in steps] == [0.0] * 5 + [1.0]
+    assert [i["success"] for *_, i in steps] == [False] * 5 + [True]  # from the tile, not the shaped reward
+    env.reset(seed=0)
+    (_, r1, *_), (_, r2, terminated, _, info) = play(env, ["right", "down"])  # a step toward, then a hole
+    assert (r1, r2, terminated, info["success"]) == (pytest.approx(1 / 6), pytest.approx(-1 / 6), True, False)
+    # Ng, Harada and Russell (1999), theorem 1: Q*_shaped(s, a) = Q*(s, a) - phi(s), except that a hole's
+    # potential is -1 rather than 0, one more -1 on moves into a hole; the optimal moves are the same
+    lake, phi = env.unwrapped, shaping.potential
+    live = [s for s in range(16) if lake.desc.flat[s] in b"SF"]
+    into_hole = np.array([[lake.desc.flat[lake.P[s][a][0][1]] == b"H" for a in range(4)] for s in range(16)])
+    Q, Q_shaped = _q_values(lake, None), _q_values(lake, phi)
+    assert np.allclose(Q_shaped[live], (Q - phi[:, None] - into_hole)[live], atol=1e-12)
+    best = [set(np.flatnonzero(np.isclose(q, q.max()))) for q in Q[live]]
+    assert best == [set(np.flatnonzero(np.isclose(q, q.max()))) for q in Q_shaped[live]]
+    assert Q[0].tolist() == [1.0, 1.0, 1.0, 1.0]  # gamma 1: any move that keeps a path is optimal
+    check_env(env.unwrapped)
 
 
 def test_unparseable_reply_leaves_state_unchanged():
