@@ -128,6 +128,7 @@ HUB_FILES = (
     "*.model",
     "*.tiktoken",
     "*.jinja",
+    "*.py",  # the modeling code a trust_remote_code model saves beside its weights (config.json's auto_map)
     "README.md",
     *PLOTS,
     "critic/*",

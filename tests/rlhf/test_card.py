@@ -172,6 +172,21 @@ def test_push_to_hub_uploads_the_model_not_the_prompt_logs(
     assert ("metrics.jsonl" in card) and (("not uploaded" in card) != upload_logs)
 
 
+def test_push_folder_sends_the_custom_code_of_a_remote_code_model(tmp_path, monkeypatch):
+    """A trust_remote_code model's folder holds its modeling code (config.json's auto_map names it): without the
+    .py files the uploaded model cannot be loaded. Checkpoints' copies and hidden files still stay local."""
+    from rlhf.export import push_folder
+
+    calls: list[list[str]] = []
+    fake_hub(monkeypatch, calls)
+    for name in ("config.json", "model.safetensors", "modeling_custom.py", "configuration_custom.py",
+                 "checkpoint-1/modeling_custom.py", ".cache/x.py"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    push_folder(tmp_path, "someone/custom", None, "test")
+    assert calls == [["config.json", "configuration_custom.py", "model.safetensors", "modeling_custom.py"]]
+
+
 def test_hub_problems_are_refused_before_any_work(tmp_path, tokenizer, policy, monkeypatch):
     """What would make the upload fail after training is checked up front, each in one line saying what to do:
     a repo id the Hub refuses (the default is the output_dir's name), offline mode, an unreachable Hub, a token
