@@ -122,6 +122,7 @@ def make_frozenlake(
     map_seed: int | None = None,
     map_in_prompt: bool = False,
     shaping: bool = False,
+    one_move: bool = False,
     **text_kwargs,
 ) -> TextEnv:
     """FrozenLake-v1 in text: gymnasium's 4x4 or 8x8 map, or with `map_seed` a random `size` x `size` map from
@@ -130,7 +131,9 @@ def make_frozenlake(
     map_in_prompt: the map goes into the system prompt once and each observation is one line (the position and
     what is there), about a fifth of the tokens of redrawing the grid every turn.
     shaping: add `DistanceShaping`'s potential-based reward (the env's own reward is 1 at the goal and nothing
-    else, which a model that never reaches the goal cannot learn from)."""
+    else, which a model that never reaches the goal cannot learn from).
+    one_move: a reply that names two different moves is invalid (`word_parser(several="invalid")`), not read
+    as its last one."""
     if map_seed is None:
         if size not in (4, 8):
             raise ValueError(f"size must be 4 or 8 for the built-in maps (or give map_seed), got {size!r}")
@@ -161,7 +164,7 @@ def make_frozenlake(
     return TextEnv(
         env,
         _frozenlake_position if map_in_prompt else _frozenlake_text,
-        word_parser(GRID_MOVES),
+        word_parser(GRID_MOVES, several="invalid" if one_move else "last"),
         system_prompt,
         reply_hint=_hint(GRID_MOVES),
         success=_at_goal,

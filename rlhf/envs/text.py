@@ -62,14 +62,18 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def word_parser(
-    words: Sequence[str], aliases: dict[str, str] | None = None
+    words: Sequence[str], aliases: dict[str, str] | None = None, several: str = "last"
 ) -> Callable[[gym.Env, str], int | None]:
     """A `parse` for actions named by words: the action is the index of the word in `words`.
 
     Matching is case-insensitive on whole words, and the LAST mention in the reply wins (a model that reasons
     first, "not left... so: down", answers at the end). `aliases` maps other phrases to a word ("pick up" ->
     "pickup"). A reply that is only a number (e.g. "2") is read as the action index. Anything else, or an index
-    out of range, is None (unparseable)."""
+    out of range, is None (unparseable). `several="invalid"`: a reply that names two different actions is None
+    too; RL finds "you can move left, down, right or" (cut off by max_new_tokens after its last word) and plays
+    the list's last word whatever the state, an answer that is not one."""
+    if several not in ("last", "invalid"):
+        raise ValueError(f"several must be 'last' or 'invalid', got {several!r}")
     lowered = [w.lower() for w in words]
     names = {w: w for w in lowered} | {k.lower(): v.lower() for k, v in (aliases or {}).items()}
     # longest first, so an alias like "pick up" wins over a word that is its prefix
@@ -81,8 +85,10 @@ def word_parser(
         if stripped.isdigit() and stripped.isascii():
             index = int(stripped)
             return index if index < len(words) else None
-        mentions = pattern.findall(reply)
-        return lowered.index(names[mentions[-1].lower()]) if mentions else None
+        mentions = [names[m.lower()] for m in pattern.findall(reply)]
+        if not mentions or (several == "invalid" and len(set(mentions)) > 1):
+            return None
+        return lowered.index(mentions[-1])
 
     return parse
 

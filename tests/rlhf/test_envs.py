@@ -189,6 +189,20 @@ def test_word_parser_reads_the_last_mention():
     assert taxi(None, "Pick up the passenger") == 4
 
 
+def test_word_parser_can_refuse_a_reply_that_names_several_moves():
+    strict = word_parser(GRID_MOVES, several="invalid")
+    assert strict(None, "You can move left, down, right or") is None  # a list of moves is not an answer
+    assert strict(None, "Not LEFT: going down") is None  # nor is reasoning that names two
+    assert strict(None, "Down, down.") == 1 and strict(None, "I move right.") == 2 and strict(None, "3") == 3
+    env = make_frozenlake(one_move=True)
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step("left, down, right or")
+    assert (reward, info["invalid_action"], env.unwrapped.s) == (-0.1, True, 0)
+    assert word_parser(GRID_MOVES)(None, "left, down, right or") == 2  # the default reads the last one
+    with pytest.raises(ValueError, match="several must be 'last' or 'invalid', got 'first'"):
+        word_parser(GRID_MOVES, several="first")
+
+
 def test_taxi_and_maze_solved_by_value_iteration_through_text():
     taxi = make_taxi()
     _, policy = value_iteration(taxi.unwrapped, gamma=0.99)
