@@ -80,7 +80,8 @@ def fit_gao(d: torch.Tensor, gain: torch.Tensor, form: Form) -> dict[str, float]
     residual = float(((x @ torch.tensor([[alpha], [beta]], dtype=torch.float64) - y) ** 2).sum())
     total = float((y**2).sum())
     peak_d = math.inf
-    if beta > 0:
+    # a beta of round-off size (lstsq on an exact line gives ~1e-16, its sign depending on the BLAS path) is 0
+    if beta > 1e-9 * max(abs(alpha), 1e-12):
         peak_d = alpha / (2 * beta) if form == "bon" else math.exp(min(alpha / beta - 1, 700.0))
     peak_gain = (
         float((gao_features(torch.tensor([peak_d]), form)[0] * torch.tensor([alpha, beta])).sum())

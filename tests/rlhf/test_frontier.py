@@ -86,6 +86,9 @@ def test_fits_recover_gao_coefficients_by_hand():
     # d (alpha - beta log d) peaks at exp(alpha / beta - 1) = e, where the gain is beta * d = e / 4
     assert (fit["peak_sqrt_kl"], fit["peak_gain"]) == pytest.approx((math.e, math.e / 4))
     assert fit_gao(d, 0.3 * d, "bon")["peak_sqrt_kl"] == math.inf  # beta 0: still rising
+    # a beta of round-off size is 0 whatever its sign (lstsq gave +1e-16 in one venv and -3e-32 in another)
+    d64 = d.double()
+    assert fit_gao(d64, d64 * (0.3 - 1e-14 * d64), "bon")["peak_sqrt_kl"] == math.inf
 
 
 def point(method, setting, kl, gold, proxy, se=0.01):
