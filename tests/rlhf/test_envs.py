@@ -100,8 +100,8 @@ def test_frozenlake_scripted_optimal_path():
     assert (reward, terminated, info["success"]) == (0.0, True, False) and "fell into a hole" in obs
 
 
-def _q_values(lake: FrozenLakeEnv, potential: np.ndarray | None) -> np.ndarray:
-    """Q* by value iteration with gamma 1 on the lake's own model, the reward shaped by `potential` if given."""
+def _q_values(lake: FrozenLakeEnv, potential: np.ndarray | None, gamma: float = 1.0) -> np.ndarray:
+    """Q* by value iteration on the lake's own model, the reward shaped by `potential` if given."""
     phi = np.zeros(lake.observation_space.n) if potential is None else potential
     V = np.zeros(lake.observation_space.n)
     for _ in range(100):
@@ -109,7 +109,7 @@ def _q_values(lake: FrozenLakeEnv, potential: np.ndarray | None) -> np.ndarray:
             [
                 [
                     sum(
-                        p * (r + phi[s2] - phi[s] + (0.0 if done else V[s2]))
+                        p * (r + phi[s2] - phi[s] + (0.0 if done else gamma * V[s2]))
                         for p, s2, r, done in lake.P[s][a]
                     )
                     for a in range(4)
@@ -152,6 +152,22 @@ def test_frozenlake_distance_shaping_is_potential_based():
     assert best == [set(np.flatnonzero(np.isclose(q, q.max()))) for q in Q_shaped[live]]
     assert Q[0].tolist() == [1.0, 1.0, 1.0, 1.0]  # gamma 1: any move that keeps a path is optimal
     check_env(env.unwrapped)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.9])
+def test_discounted_shaped_frozenlake_is_solved_by_the_shortest_path(gamma):
+    # the recipe discounts turns (gamma 0.5) so that each move is judged mostly by its own shaped reward; on the
+    # default map the optimal moves are then exactly those that shorten the path to the goal (with gamma 1 any
+    # move that keeps a path is optimal, above), and greedy play reaches the goal in the fewest moves, 6
+    env = make_frozenlake(size=4, shaping=True)
+    lake, phi = env.unwrapped, env.env.potential
+    dist = frozenlake_distances(lake.desc).ravel()
+    Q = _q_values(lake, phi, gamma)
+    for s in (s for s in range(16) if lake.desc.flat[s] in b"SF"):
+        shorter = {a for a in range(4) if dist[lake.P[s][a][0][1]] == dist[s] - 1}
+        assert set(np.flatnonzero(np.isclose(Q[s], Q[s].max()))) == shorter, s
+    _, steps, terminated, info = play_policy(env, Q.argmax(axis=1), GRID_MOVES)
+    assert (steps, terminated, info["success"]) == (6, True, True)
 
 
 def test_unparseable_reply_leaves_state_unchanged():

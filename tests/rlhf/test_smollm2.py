@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from classic.runlog import read_metrics
 from rlhf import PPOConfig, PPOTrainer
+from rlhf.models import Critic
 from rlhf.rollout import ends_with_eos, forward_logprobs, response_mask_from_ids, sample
 
 # measured 2026-12-02 (2 cores): held-out success 0.188 -> 0.771 in 30 steps, 3.5 min; the margin leaves room for
@@ -71,6 +72,23 @@ def test_chat_prompts_render_with_its_template_and_completions_stop_at_im_end(sm
     # the sampler's log-probs are a full forward's (GQA, RoPE, tied embeddings, 49k vocabulary, left padding)
     full = forward_logprobs(model, ids, mask, response_ids, response_mask, 0.7)[0]
     torch.testing.assert_close(logprobs * response_mask, full * response_mask, atol=2e-4, rtol=1e-4)
+
+
+def test_a_fresh_critic_starts_near_zero(smollm2):
+    # OpenRLHF's value head init, std 1/(hidden + 1): values start near 0 so that the first advantages are the
+    # returns; the reward-model init 1/sqrt(hidden + 1) gave values of std 1.2 here (max 3.2) against episode
+    # returns of std ~0.2, and the critic's explained variance at step 1 was -35
+    model, tok = smollm2
+    torch.manual_seed(0)
+    critic = Critic.from_policy(model)
+    assert critic.head.weight.std().item() == pytest.approx(1 / 577, rel=0.05)
+    messages = [{"role": "user", "content": "You are at row 1, column 1. Which direction do you move?"}]
+    ids = tok(
+        tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        values = critic(ids, torch.ones_like(ids))
+    assert values.abs().max().item() < 0.3 and values.std().item() < 0.1
 
 
 # --- slow: the real model learns (pytest -m slow) --------------------------------------------------------------
