@@ -38,6 +38,13 @@ class BridgeConfig:
     num_maps: int = field(default=20, metadata={"help": "how many maps"})
     q_episodes: int = field(default=3000, metadata={"help": "Q-learning's training episodes per map"})
     eval_episodes: int = field(default=20, metadata={"help": "episodes per map for the stochastic policies"})
+    neighbours: bool = field(
+        default=False,
+        metadata={
+            "help": "observations also name what lies one move away, as make_frozenlake(neighbours=True): play the "
+            "models with the observations they were trained on"
+        },
+    )
     max_turns: int = field(default=12, metadata={"help": "the language model's replies per episode"})
     max_new_tokens: int = field(default=8, metadata={"help": "tokens per reply"})
     seed: int = field(default=0, metadata={"help": "Q-learning's and the random policy's seed"})
@@ -112,7 +119,10 @@ def run_bridge(cfg: BridgeConfig) -> dict[str, Any]:
     from rlhf.envs import make_frozenlake
 
     seeds = list(range(cfg.map_seed_start, cfg.map_seed_start + cfg.num_maps))
-    envs = [make_frozenlake(cfg.size, cfg.is_slippery, map_seed=s, map_in_prompt=True) for s in seeds]
+    envs = [
+        make_frozenlake(cfg.size, cfg.is_slippery, map_seed=s, map_in_prompt=True, neighbours=cfg.neighbours)
+        for s in seeds
+    ]
     rows = [{"map_seed": s, **tabular_success_rates(e.unwrapped, cfg)} for s, e in zip(seeds, envs)]
     for spec in cfg.models:
         name, path = spec.split("=", 1)

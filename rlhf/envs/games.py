@@ -15,6 +15,7 @@ move's index as the whole reply); checkers moves are chosen by their number in t
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -48,8 +49,23 @@ def _frozenlake_text(env: gym.Env, obs: int) -> str:
     )
 
 
-def _frozenlake_position(env: gym.Env, obs: int) -> str:
-    """The compact observation: the position and what is there (the map is in the system prompt)."""
+TILE_NAMES = {"S": "the start", "F": "ice", "H": "a hole", "G": "the goal"}
+STEPS = ((0, -1), (1, 0), (0, 1), (-1, 0))  # (row, column) change of left, down, right, up
+
+
+def _frozenlake_around(desc: np.ndarray, row: int, col: int) -> str:
+    """What lies one move away in each direction, e.g. 'Left: the edge, down: a hole, right: ice, up: the edge.'"""
+    seen = []
+    for move, (dr, dc) in zip(GRID_MOVES, STEPS):
+        r, c = row + dr, col + dc
+        inside = 0 <= r < desc.shape[0] and 0 <= c < desc.shape[1]
+        seen.append(f"{move}: {TILE_NAMES[desc[r][c].decode()] if inside else 'the edge'}")
+    return ", ".join(seen).capitalize() + "."
+
+
+def _frozenlake_position(env: gym.Env, obs: int, neighbours: bool = False) -> str:
+    """The compact observation: the position and what is there (the map is in the system prompt), and with
+    `neighbours` what lies one move away in each direction."""
     desc = env.unwrapped.desc
     row, col = divmod(int(obs), desc.shape[1])
     status = {"H": " You fell into a hole. Game over.", "G": " You reached the goal!"}.get(
@@ -57,8 +73,9 @@ def _frozenlake_position(env: gym.Env, obs: int) -> str:
     )
     if status:
         return f"You are at row {row + 1}, column {col + 1}.{status}"
+    around = f"\n{_frozenlake_around(desc, row, col)}" if neighbours else ""
     return (
-        f"You are at row {row + 1}, column {col + 1}.\n"
+        f"You are at row {row + 1}, column {col + 1}.{around}\n"
         "Which direction do you move? Answer with one word: left, down, right or up."
     )
 
@@ -116,6 +133,28 @@ def _at_goal(env: gym.Env, reward: float, terminated: bool, info: dict) -> bool:
     return bool(terminated and lake.desc.flat[int(lake.s)] == b"G")
 
 
+def _frozenlake_rules(desc: np.ndarray, is_slippery: bool, map_in_prompt: bool) -> str:
+    """The system prompt: the rules, the answer format, and the map when it is not redrawn every turn."""
+    size = desc.shape[0]
+    slippery = (
+        "The ice is slippery: you move in the direction you chose only 1/3 of the time, otherwise in one of the "
+        "two directions at right angles to it. "
+        if is_slippery
+        else ""
+    )
+    rules = (
+        f"You are playing FrozenLake on a {size}x{size} grid. P is you, S the start, F frozen ice (safe), "
+        "H a hole, G the goal. Reach G without falling into a hole: reaching G gives reward 1 and ends the game, "
+        "a hole ends it with reward 0. Rows count from the top, columns from the left. Each turn move one "
+        f"square: left, down, right or up; moving into the edge leaves you where you are. {slippery}"
+        "Reply with one word: left, down, right or up."
+    )
+    if map_in_prompt:
+        rows = "\n".join(" ".join(c.decode() for c in line) for line in desc)
+        rules += f"\nThe map (S start, F ice, H hole, G goal):\n{rows}"
+    return rules
+
+
 def make_frozenlake(
     size: int = 4,
     is_slippery: bool = False,
@@ -123,6 +162,7 @@ def make_frozenlake(
     map_in_prompt: bool = False,
     shaping: bool = False,
     one_move: bool = False,
+    neighbours: bool = False,
     **text_kwargs,
 ) -> TextEnv:
     """FrozenLake-v1 in text: gymnasium's 4x4 or 8x8 map, or with `map_seed` a random `size` x `size` map from
@@ -133,7 +173,10 @@ def make_frozenlake(
     shaping: add `DistanceShaping`'s potential-based reward (the env's own reward is 1 at the goal and nothing
     else, which a model that never reaches the goal cannot learn from).
     one_move: a reply that names two different moves is invalid (`word_parser(several="invalid")`), not read
-    as its last one."""
+    as its last one.
+    neighbours: each observation also says what lies one move away in each direction ("Left: the edge, down:
+    ice, right: a hole, up: the edge."), with `map_in_prompt` only: a small model does not read its
+    neighbourhood off the map in the system prompt."""
     if map_seed is None:
         if size not in (4, 8):
             raise ValueError(f"size must be 4 or 8 for the built-in maps (or give map_seed), got {size!r}")
@@ -143,27 +186,16 @@ def make_frozenlake(
     env = gym.make(
         "FrozenLake-v1", is_slippery=is_slippery, max_episode_steps=100 if size <= 4 else 200, **map_kwargs
     )
-    slippery = (
-        "The ice is slippery: you move in the direction you chose only 1/3 of the time, otherwise in one of the "
-        "two directions at right angles to it. "
-        if is_slippery
-        else ""
-    )
-    system_prompt = (
-        f"You are playing FrozenLake on a {size}x{size} grid. P is you, S the start, F frozen ice (safe), "
-        "H a hole, G the goal. Reach G without falling into a hole: reaching G gives reward 1 and ends the game, "
-        "a hole ends it with reward 0. Rows count from the top, columns from the left. Each turn move one "
-        f"square: left, down, right or up; moving into the edge leaves you where you are. {slippery}"
-        "Reply with one word: left, down, right or up."
-    )
-    if map_in_prompt:
-        rows = "\n".join(" ".join(c.decode() for c in line) for line in env.unwrapped.desc)
-        system_prompt += f"\nThe map (S start, F ice, H hole, G goal):\n{rows}"
+    system_prompt = _frozenlake_rules(env.unwrapped.desc, is_slippery, map_in_prompt)
+    if neighbours and not map_in_prompt:
+        raise ValueError(
+            "neighbours=True needs map_in_prompt=True (the full grid is redrawn every turn otherwise)"
+        )
     if shaping:
         env = DistanceShaping(env)
     return TextEnv(
         env,
-        _frozenlake_position if map_in_prompt else _frozenlake_text,
+        (partial(_frozenlake_position, neighbours=neighbours) if map_in_prompt else _frozenlake_text),
         word_parser(GRID_MOVES, several="invalid" if one_move else "last"),
         system_prompt,
         reply_hint=_hint(GRID_MOVES),

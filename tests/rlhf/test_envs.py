@@ -170,6 +170,23 @@ def test_discounted_shaped_frozenlake_is_solved_by_the_shortest_path(gamma):
     assert (steps, terminated, info["success"]) == (6, True, True)
 
 
+def test_frozenlake_neighbours_name_what_lies_one_move_away():
+    env = make_frozenlake(map_in_prompt=True, neighbours=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.splitlines() == [
+        "You are at row 1, column 1.",
+        "Left: the edge, down: ice, right: ice, up: the edge.",
+        "Which direction do you move? Answer with one word: left, down, right or up.",
+    ]
+    assert play(env, ["right"])[0][0].splitlines()[1] == "Left: the start, down: a hole, right: ice, up: the edge."
+    play(env, ["right", "down", "down", "down"])  # to row 4, column 3
+    assert env.step("up")[0].splitlines()[1] == "Left: ice, down: ice, right: a hole, up: ice."  # row 3, column 3
+    assert env.step("down")[0].splitlines()[1] == "Left: ice, down: the edge, right: the goal, up: ice."
+    assert "Left:" not in make_frozenlake(map_in_prompt=True).reset(seed=0)[0]  # off by default
+    with pytest.raises(ValueError, match="neighbours=True needs map_in_prompt=True"):
+        make_frozenlake(neighbours=True)
+
+
 def test_unparseable_reply_leaves_state_unchanged():
     env = make_frozenlake(size=4, invalid_penalty=-0.25)
     env.reset(seed=0)
