@@ -367,7 +367,7 @@ def test_agent_recipe_trains_and_evaluates_in_a_text_env(tmp_path):
     from rlhf.tiny import build_causal_lm, build_tokenizer
     from tests.recipes.conftest import CHAT_TEMPLATE
 
-    env = make_frozenlake(map_in_prompt=True)
+    env = make_frozenlake(map_in_prompt=True, neighbours=True)  # the recipe's observations
     obs, info = env.reset(seed=0)
     tok = build_tokenizer([info["system_prompt"], obs, "left down right up"] * 20, vocab_size=400)
     tok.chat_template = CHAT_TEMPLATE

@@ -178,9 +178,14 @@ def test_frozenlake_neighbours_name_what_lies_one_move_away():
         "Left: the edge, down: ice, right: ice, up: the edge.",
         "Which direction do you move? Answer with one word: left, down, right or up.",
     ]
-    assert play(env, ["right"])[0][0].splitlines()[1] == "Left: the start, down: a hole, right: ice, up: the edge."
+    assert (
+        play(env, ["right"])[0][0].splitlines()[1]
+        == "Left: the start, down: a hole, right: ice, up: the edge."
+    )
     play(env, ["right", "down", "down", "down"])  # to row 4, column 3
-    assert env.step("up")[0].splitlines()[1] == "Left: ice, down: ice, right: a hole, up: ice."  # row 3, column 3
+    assert (
+        env.step("up")[0].splitlines()[1] == "Left: ice, down: ice, right: a hole, up: ice."
+    )  # row 3, column 3
     assert env.step("down")[0].splitlines()[1] == "Left: ice, down: the edge, right: the goal, up: ice."
     assert "Left:" not in make_frozenlake(map_in_prompt=True).reset(seed=0)[0]  # off by default
     with pytest.raises(ValueError, match="neighbours=True needs map_in_prompt=True"):
