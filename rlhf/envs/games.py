@@ -89,7 +89,7 @@ def frozenlake_distances(desc: np.ndarray) -> np.ndarray:
     dist[frontier[0]] = 0
     while frontier:
         row, col = frontier.pop(0)
-        for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+        for r, c in ((row + dr, col + dc) for dr, dc in STEPS):
             if 0 <= r < nrow and 0 <= c < ncol and dist[r, c] < 0 and desc[r, c] != b"H":
                 dist[r, c] = dist[row, col] + 1
                 frontier.append((r, c))
@@ -177,6 +177,10 @@ def make_frozenlake(
     neighbours: each observation also says what lies one move away in each direction ("Left: the edge, down:
     ice, right: a hole, up: the edge."), with `map_in_prompt` only: a small model does not read its
     neighbourhood off the map in the system prompt."""
+    if neighbours and not map_in_prompt:
+        raise ValueError(
+            "neighbours=True needs map_in_prompt=True (the full grid is redrawn every turn otherwise)"
+        )
     if map_seed is None:
         if size not in (4, 8):
             raise ValueError(f"size must be 4 or 8 for the built-in maps (or give map_seed), got {size!r}")
@@ -187,15 +191,11 @@ def make_frozenlake(
         "FrozenLake-v1", is_slippery=is_slippery, max_episode_steps=100 if size <= 4 else 200, **map_kwargs
     )
     system_prompt = _frozenlake_rules(env.unwrapped.desc, is_slippery, map_in_prompt)
-    if neighbours and not map_in_prompt:
-        raise ValueError(
-            "neighbours=True needs map_in_prompt=True (the full grid is redrawn every turn otherwise)"
-        )
     if shaping:
         env = DistanceShaping(env)
     return TextEnv(
         env,
-        (partial(_frozenlake_position, neighbours=neighbours) if map_in_prompt else _frozenlake_text),
+        partial(_frozenlake_position, neighbours=neighbours) if map_in_prompt else _frozenlake_text,
         word_parser(GRID_MOVES, several="invalid" if one_move else "last"),
         system_prompt,
         reply_hint=_hint(GRID_MOVES),
