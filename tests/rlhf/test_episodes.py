@@ -358,6 +358,16 @@ def test_env_run_resumes_bit_for_bit_and_logs_episodes(tmp_path, lake_tokenizer,
     assert first["reward"] == pytest.approx(first["return"])
 
 
+def test_the_update_reads_each_reply_in_its_dialogue(tmp_path, lake_tokenizer):
+    """The update's forward passes attend to the whole dialogue (observations included), not only to the action
+    tokens: in fp32 the first (and only) minibatch's log-probs equal the sampler's (its old log-probs here), so
+    the ratio is 1 on every action token. Attending to the action mask instead gives each reply a context without
+    the observations it answered (approx_kl 8e-3 on this tiny model)."""
+    trainer = env_trainer(env_config(tmp_path / "r", "gae", max_steps=1, num_ppo_epochs=1), lake_tokenizer)
+    row = trainer.train()[-1]
+    assert row["approx_kl"] < 1e-9 and row["clip_fraction"] == 0.0
+
+
 def test_env_evaluation_on_held_out_seeds(tmp_path, lake_tokenizer):
     trainer = env_trainer(env_config(tmp_path / "e", "grpo", eval_steps=1, max_steps=1), lake_tokenizer)
     row = trainer.train()[-1]
