@@ -72,7 +72,10 @@ def annotate(
 
         def forward(s: Samples) -> torch.Tensor:
             inputs = [x.to(device) for x in s.inputs]
-            out = forward_logprobs(model, *inputs, temperature, share_prompts=share_prompts)[0]
+            positions = None if s.action_mask is None else s.action_mask.to(device)  # an episode's replies
+            out = forward_logprobs(
+                model, *inputs, temperature, share_prompts=share_prompts, positions=positions
+            )[0]
             return out.to(s.response_ids.device)
 
         return forward

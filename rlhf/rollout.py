@@ -387,6 +387,7 @@ def forward_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = True,
     share_prompts: bool = True,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens under `model` at the sampling temperature (N+ detail), and optionally
     the per-token entropy (`entropy_grad=False`: for logging only, no autograd graph through the
@@ -394,33 +395,49 @@ def forward_logprobs(
 
     share_prompts: rows that repeat a prompt (GRPO / RLOO groups) run the prompt once and its KV cache serves
     each row's response (`shared_prompt_logits`); gradients flow back through the shared prompt, summed over its
-    rows, which is what the unshared computation gives."""
+    rows, which is what the unshared computation gives.
+
+    positions: (batch, response_len), nonzero where a log-prob is needed (an episode's action tokens); the LM
+    head, log-softmax and entropy then run only at the positions some row needs (in a FrozenLake dialogue ~50 of
+    ~600: the rest are observations), and both outputs are 0 elsewhere. None: every position."""
     response_len = response_ids.shape[1]
+    keep = _needed_positions(positions, response_len)
     logits = (
-        shared_prompt_logits(model, query_ids, query_mask, response_ids, response_mask)
+        shared_prompt_logits(model, query_ids, query_mask, response_ids, response_mask, keep)
         if share_prompts
         else None
     )
     if logits is None:
         input_ids = torch.cat([query_ids, response_ids], dim=1)
         attention_mask = torch.cat([query_mask, response_mask], dim=1)
-        # the logit at position t predicts token t + 1: only the last response_len + 1 positions are needed, so
-        # the LM head skips the prompt (when the model supports `logits_to_keep`)
-        extra = {"logits_to_keep": response_len + 1} if _accepts_logits_to_keep(model) else {}
+        # the logit at position t predicts token t + 1: response token j is predicted at prompt_len - 1 + j, so
+        # the LM head skips the prompt, and with `keep` every position no row needs (when the model supports
+        # `logits_to_keep`)
+        at = torch.arange(response_len) if keep is None else keep
+        at = at + query_ids.shape[1] - 1
+        accepts = _accepts_logits_to_keep(model)
+        extra = (
+            {"logits_to_keep": response_len + 1 if keep is None else at.to(input_ids.device)}
+            if accepts
+            else {}
+        )
         logits = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
             **extra,
-        ).logits[:, -response_len - 1 : -1]
-    logits = logits.float()  # (batch, response_len, vocab)
+        ).logits
+        if not accepts:
+            logits = logits[:, at]
+        elif keep is None:
+            logits = logits[:, :-1]
+    logits = logits.float()  # (batch, response_len or len(keep), vocab)
     if temperature != 1.0:
         logits = logits / temperature
+    ids = response_ids if keep is None else response_ids[:, keep.to(response_ids.device)]
     # a few rows at a time, like the entropy below: logsumexp's (rows, response_len, vocab) temporaries stay small
-    logprobs = torch.cat(
-        [logprobs_from_logits(x, ids) for x, ids in zip(logits.split(8), response_ids.split(8))]
-    )
+    logprobs = torch.cat([logprobs_from_logits(x, i) for x, i in zip(logits.split(8), ids.split(8))])
     entropy = None
     if with_entropy and entropy_grad and torch.is_grad_enabled():
         entropy = entropy_from_logits(logits)
@@ -429,7 +446,25 @@ def forward_logprobs(
             # a few rows at a time: the softmax temporaries of the whole (batch, response_len, vocab) tensor would
             # otherwise sit on top of the activations the backward pass still needs (peak memory)
             entropy = torch.cat([entropy_from_logits(rows) for rows in logits.split(8)])
+    if keep is not None:
+        logprobs = _scatter_positions(logprobs, keep, response_len)
+        entropy = _scatter_positions(entropy, keep, response_len) if entropy is not None else None
     return logprobs, entropy
+
+
+def _needed_positions(positions: torch.Tensor | None, response_len: int) -> torch.Tensor | None:
+    """The sorted response positions any row of `positions` needs (a CPU index tensor), None when that is all of
+    them (or none: a microbatch with nothing to train still runs its forward and backward, as every rank must)."""
+    if positions is None:
+        return None
+    keep = positions.detach().bool().any(0).nonzero().squeeze(1).cpu()
+    return None if len(keep) in (0, response_len) else keep
+
+
+def _scatter_positions(values: torch.Tensor, keep: torch.Tensor, response_len: int) -> torch.Tensor:
+    """(batch, len(keep)) values placed at their response positions of a (batch, response_len) zero tensor."""
+    out = values.new_zeros(values.shape[0], response_len)
+    return out.index_copy(1, keep.to(values.device), values)
 
 
 def _inner_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -444,12 +479,14 @@ def shared_prompt_logits(
     query_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """The response logits (batch, response_len, vocab) computed with each distinct prompt run once: a prefill
     over the distinct prompts fills a KV cache, each row takes its prompt's cache (and last logit, which predicts
     the first response token), then one pass over the responses alone. None when no prompt repeats, or when a
     cache cannot be used: activation checkpointing in training mode (transformers then turns the cache off), or
-    cache layers other than plain full attention."""
+    cache layers other than plain full attention. keep: only the logits that predict these response positions
+    (sorted, see `forward_logprobs`), (batch, len(keep), vocab)."""
     shared = distinct_prompts(query_ids, query_mask)
     if shared is None:
         return None
@@ -482,14 +519,23 @@ def shared_prompt_logits(
     ).logits[:, -1:]
     cache.batch_select_indices(inverse)  # indexing: the backward sums each prompt's gradient over its rows
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    # the response pass: its logit j predicts response token j + 1
+    later = None if keep is None else keep[keep > 0] - 1
+    accepts = later is not None and _accepts_logits_to_keep(model)
     rest = model(
         input_ids=response_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask)[:, prompt_len:],
         use_cache=True,
         **{cache_kwarg: cache},
-    ).logits[:, :-1]
-    return torch.cat([first[inverse], rest], dim=1)
+        **({"logits_to_keep": later.to(response_ids.device)} if accepts else {}),
+    ).logits
+    first = first[inverse]
+    if keep is None:
+        return torch.cat([first, rest[:, :-1]], dim=1)
+    if not accepts:
+        rest = rest[:, later]
+    return torch.cat([first, rest] if keep[0] == 0 else [rest], dim=1)
 
 
 def forward_values(

@@ -95,6 +95,7 @@ def loss_and_backward(
         with_entropy=True,
         entropy_grad=loss.entropy_coef != 0,
         share_prompts=share_prompts,
+        positions=micro.action_mask,  # an episode's replies: no LM head over its observations
     )
     # one update per rollout: the current policy *is* the behaviour policy, its log-probs need no extra pass
     old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()

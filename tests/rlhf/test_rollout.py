@@ -74,6 +74,61 @@ def test_a_repeated_prompt_is_prefilled_once_with_the_same_samples(tokenizer, sf
     torch.testing.assert_close(shared_logprobs, full * mask, atol=1e-4, rtol=0)
 
 
+class WithoutLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep`: the LM head runs everywhere and the caller selects."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, use_cache=False, past_key_values=None
+    ):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, past_key_values=past_key_values)  # fmt: skip
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("keeps", [True, False])
+def test_logprobs_at_action_positions_only_equal_the_full_forward(tokenizer, sft_policy, share, keeps, first):
+    """`positions` (an episode's action tokens): the LM head runs only where some row needs a log-prob; there the
+    log-probs, entropies and every parameter's gradient equal the full computation's, elsewhere both are 0.
+    Shared prompts or not, with the model's `logits_to_keep` or without, the first response position kept or
+    not."""
+    query_ids, query_mask = tokenizer(PROMPTS[:3] * 2, return_tensors="pt", padding=True).values()
+    g = torch.Generator().manual_seed(2)
+    response_ids = torch.randint(0, sft_policy.config.vocab_size, (6, 10), generator=g)
+    mask = torch.ones_like(response_ids)
+    positions = torch.zeros_like(response_ids)
+    positions[0, [1, 2, 7]] = 1  # 'replies' at different positions per row; columns 3-6 and 9 hold none
+    positions[3, [2, 8]] = 1
+    positions[:, 0] = int(first)
+    model = sft_policy if keeps else WithoutLogitsToKeep(sft_policy)
+    calls = []
+    hook = sft_policy.lm_head.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    results = []
+    for where in (positions, None):
+        sft_policy.zero_grad()
+        calls.clear()
+        lp, ent = forward_logprobs(model, query_ids, query_mask, response_ids, mask, 0.8, with_entropy=True,
+                                   share_prompts=share, positions=where)  # fmt: skip
+        ((lp + 0.1 * ent) * positions).sum().backward()
+        grads = {n: p.grad.clone() for n, p in sft_policy.named_parameters() if p.grad is not None}
+        results.append((lp.detach(), ent.detach(), grads, sum(calls)))
+    hook.remove()
+    (lp, ent, grads, rows), (full_lp, full_ent, full_grads, full_rows) = results
+    kept = positions.bool().any(0).expand_as(positions)
+    torch.testing.assert_close(lp[kept], full_lp[kept], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ent[kept], full_ent[kept], atol=1e-5, rtol=0)
+    assert (lp[~kept] == 0).all() and (ent[~kept] == 0).all()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+    if keeps:  # the LM head ran on the kept positions (1, 2, 7, 8 and maybe 0; shared: the prompt's last and
+        # positions 1, 2, 7, 8), not on all 10 (+ 1)
+        assert full_rows == 11 and rows == (5 if share else 4 + int(first))
+
+
 @pytest.mark.parametrize("peft", [False, True])
 def test_shared_prompt_forward_gives_the_unshared_logprobs_and_gradients(tokenizer, sft_policy, peft):
     """Each prompt three times: the log-probs and every parameter's gradient of sum(logprobs) with each prompt
