@@ -146,9 +146,7 @@ def make_experience(
         query_ids=samples.query_ids,
         query_mask=samples.query_mask,
         response_ids=samples.response_ids,
-        # what the forward passes attend to: the whole dialogue, observations included (the action mask only says
-        # which tokens are trained on; attending to it alone would train moves on dialogues without observations)
-        response_mask=samples.response_mask,
+        response_mask=samples.response_mask,  # attended to: the whole dialogue (observations), not only `mask`
         loss_mask=loss_mask.to(mask.dtype),
         advantages=advantages,
         returns=returns,

@@ -408,30 +408,7 @@ def forward_logprobs(
         else None
     )
     if logits is None:
-        input_ids = torch.cat([query_ids, response_ids], dim=1)
-        attention_mask = torch.cat([query_mask, response_mask], dim=1)
-        # the logit at position t predicts token t + 1: response token j is predicted at prompt_len - 1 + j, so
-        # the LM head skips the prompt, and with `keep` every position no row needs (when the model supports
-        # `logits_to_keep`)
-        at = torch.arange(response_len) if keep is None else keep
-        at = at + query_ids.shape[1] - 1
-        accepts = _accepts_logits_to_keep(model)
-        extra = (
-            {"logits_to_keep": response_len + 1 if keep is None else at.to(input_ids.device)}
-            if accepts
-            else {}
-        )
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-            **extra,
-        ).logits
-        if not accepts:
-            logits = logits[:, at]
-        elif keep is None:
-            logits = logits[:, :-1]
+        logits = _unshared_logits(model, query_ids, query_mask, response_ids, response_mask, keep)
     logits = logits.float()  # (batch, response_len or len(keep), vocab)
     if temperature != 1.0:
         logits = logits / temperature
@@ -450,6 +427,37 @@ def forward_logprobs(
         logprobs = _scatter_positions(logprobs, keep, response_len)
         entropy = _scatter_positions(entropy, keep, response_len) if entropy is not None else None
     return logprobs, entropy
+
+
+def _unshared_logits(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    keep: torch.Tensor | None,
+) -> torch.Tensor:
+    """The logits that predict the response tokens (all, or those at `keep`) from one pass over prompt + response."""
+    response_len = response_ids.shape[1]
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    # the logit at position t predicts token t + 1: response token j is predicted at prompt_len - 1 + j, so the LM
+    # head skips the prompt, and with `keep` every position no row needs (when the model supports `logits_to_keep`)
+    at = (torch.arange(response_len) if keep is None else keep) + query_ids.shape[1] - 1
+    accepts = _accepts_logits_to_keep(model)
+    extra = (
+        {"logits_to_keep": response_len + 1 if keep is None else at.to(input_ids.device)} if accepts else {}
+    )
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        **extra,
+    ).logits
+    if not accepts:
+        return logits[:, at]
+    return logits[:, :-1] if keep is None else logits
 
 
 def _needed_positions(positions: torch.Tensor | None, response_len: int) -> torch.Tensor | None:
@@ -473,6 +481,13 @@ def _inner_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _checkpointing(inner: torch.nn.Module) -> bool:
+    """Whether activation checkpointing is on (transformers 5.2x renamed is_gradient_checkpointing; the old name
+    warns)."""
+    new = hasattr(type(inner), "is_activation_checkpointing")
+    return getattr(inner, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False)
+
+
 def shared_prompt_logits(
     model: torch.nn.Module,
     query_ids: torch.Tensor,
@@ -492,15 +507,7 @@ def shared_prompt_logits(
         return None
     distinct, inverse = shared
     inner = _inner_model(model)
-    # transformers 5.2x renamed is_gradient_checkpointing (the old name warns)
-    checkpointing = getattr(
-        inner,
-        "is_activation_checkpointing"
-        if hasattr(type(inner), "is_activation_checkpointing")
-        else "is_gradient_checkpointing",
-        False,
-    )
-    if inner.training and checkpointing:
+    if inner.training and _checkpointing(inner):
         return None
     cache = DynamicCache(config=inner.config)
     if not all(type(layer) is DynamicLayer for layer in cache.layers):

@@ -89,14 +89,10 @@ def loss_and_backward(
     weights = token_weights(mask, loss.loss_type)  # (micro, T)
     # the entropy is only logged unless it is in the loss: then no graph through the full-vocab softmax
     logprobs, entropy = forward_logprobs(
-        models.policy,
-        *micro.inputs,
-        loss.temperature,
-        with_entropy=True,
-        entropy_grad=loss.entropy_coef != 0,
-        share_prompts=share_prompts,
+        models.policy, *micro.inputs, loss.temperature, with_entropy=True,
+        entropy_grad=loss.entropy_coef != 0, share_prompts=share_prompts,
         positions=micro.action_mask,  # an episode's replies: no LM head over its observations
-    )
+    )  # fmt: skip
     # one update per rollout: the current policy *is* the behaviour policy, its log-probs need no extra pass
     old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
     terms = policy_loss(
