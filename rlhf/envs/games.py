@@ -126,6 +126,23 @@ class DistanceShaping(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, float(reward) + self._phi - phi, terminated, truncated, {**info, "env_reward": reward}
 
 
+class ExploringStarts(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Each episode of a FrozenLake starts on a uniformly random square that is neither a hole nor the goal (drawn
+    from the reset's seed): the textbook's exploring starts, so that a policy that always walks the same way from
+    the start square still meets every square and every move's consequence there."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        self.starts = np.flatnonzero(~np.isin(env.unwrapped.desc.ravel(), [b"H", b"G"]))
+
+    def reset(self, **kwargs) -> tuple[int, dict]:
+        _, info = self.env.reset(**kwargs)
+        lake = self.env.unwrapped
+        lake.s = int(lake.np_random.choice(self.starts))
+        return lake.s, info
+
+
 def _at_goal(env: gym.Env, reward: float, terminated: bool, info: dict) -> bool:
     lake = (
         env.unwrapped
@@ -163,6 +180,7 @@ def make_frozenlake(
     shaping: bool = False,
     one_move: bool = False,
     neighbours: bool = False,
+    random_start: bool = False,
     **text_kwargs,
 ) -> TextEnv:
     """FrozenLake-v1 in text: gymnasium's 4x4 or 8x8 map, or with `map_seed` a random `size` x `size` map from
@@ -176,7 +194,8 @@ def make_frozenlake(
     as its last one.
     neighbours: each observation also says what lies one move away in each direction ("Left: the edge, down:
     ice, right: a hole, up: the edge."), with `map_in_prompt` only: a small model does not read its
-    neighbourhood off the map in the system prompt."""
+    neighbourhood off the map in the system prompt.
+    random_start: each episode starts on a random square that is neither a hole nor the goal (`ExploringStarts`)."""
     if neighbours and not map_in_prompt:
         raise ValueError(
             "neighbours=True needs map_in_prompt=True (the full grid is redrawn every turn otherwise)"
@@ -191,6 +210,8 @@ def make_frozenlake(
         "FrozenLake-v1", is_slippery=is_slippery, max_episode_steps=100 if size <= 4 else 200, **map_kwargs
     )
     system_prompt = _frozenlake_rules(env.unwrapped.desc, is_slippery, map_in_prompt)
+    if random_start:
+        env = ExploringStarts(env)
     if shaping:
         env = DistanceShaping(env)
     return TextEnv(

@@ -192,6 +192,25 @@ def test_frozenlake_neighbours_name_what_lies_one_move_away():
         make_frozenlake(neighbours=True)
 
 
+def test_frozenlake_exploring_starts_cover_every_square_but_holes_and_the_goal():
+    """random_start: over 200 seeds the first square is each of the default map's 11 squares that are not a hole
+    or the goal, the same seed gives the same square, the first observation names it, and the shaping starts
+    from it (a move toward the goal from row 3, column 3 earns +1/6)."""
+    env = make_frozenlake(map_in_prompt=True, shaping=True, random_start=True)
+    check_env(env, skip_render_check=True)
+    squares = {(row, col) for row in range(4) for col in range(4)} - {(1, 1), (1, 3), (2, 3), (3, 0), (3, 3)}
+    seen = {}
+    for seed in range(200):
+        obs, _ = env.reset(seed=seed)
+        seen[seed] = divmod(int(env.unwrapped.s), 4)
+        assert obs.startswith(f"You are at row {seen[seed][0] + 1}, column {seen[seed][1] + 1}.")
+    assert set(seen.values()) == squares
+    env.reset(seed=7)
+    assert divmod(int(env.unwrapped.s), 4) == seen[7]
+    env.reset(seed=next(s for s, square in seen.items() if square == (2, 2)))
+    assert env.step("down")[1] == pytest.approx(1 / 6)  # (2, 2) -> (3, 2): 2 moves from the goal -> 1
+
+
 def test_unparseable_reply_leaves_state_unchanged():
     env = make_frozenlake(size=4, invalid_penalty=-0.25)
     env.reset(seed=0)
