@@ -221,11 +221,12 @@ def parse_config(cls: type[T], argv: list[str] | None = None, defaults: dict[str
         key, eq, val = arg[2:].partition("=")
         key = key.replace("-", "_")
         if not eq:
-            if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                val = rest[i + 1]
+            values_after = []
+            while i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                values_after.append(rest[i + 1])
                 i += 1
-            else:
-                val = "true"  # a bare --flag sets a bool field
+            # a bare --flag sets a bool field; several values (--models a=x b=y) make a list, as in a YAML list
+            val = "true" if not values_after else values_after[0] if len(values_after) == 1 else values_after
         from_command_line[key] = val
         i += 1
     _reject_renamed(cls, from_command_line, "command line")

@@ -39,3 +39,15 @@ def test_bridge_table_with_a_language_model(tmp_path):
 def test_bridge_refuses_a_model_without_a_name():
     with pytest.raises(ValueError, match="models: expected name=path"):
         BridgeConfig(models=["/some/path"])
+
+
+def test_bridge_command_line_takes_several_models_as_the_readme_writes_them():
+    """`rlhf bridge --models base=A trained=B` (README): several values after one flag make the list; a field
+    that is not a list refuses several, naming the field."""
+    from classic.cli import parse_config
+
+    cfg = parse_config(BridgeConfig, ["--models", "base=A", "trained=B", "--num_maps", "3"])
+    assert cfg.models == ["base=A", "trained=B"] and cfg.num_maps == 3
+    assert parse_config(BridgeConfig, ["--models", "[base=A, trained=B]"]).models == ["base=A", "trained=B"]
+    with pytest.raises(ValueError, match="'num_maps': expected int"):
+        parse_config(BridgeConfig, ["--num_maps", "3", "4"])
