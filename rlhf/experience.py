@@ -72,9 +72,9 @@ def annotate(
 
         def forward(s: Samples) -> torch.Tensor:
             inputs = [x.to(device) for x in s.inputs]
-            positions = None if s.action_mask is None else s.action_mask.to(device)  # an episode's replies
+            # positions: an episode's replies (None for single-turn completions: every position)
             out = forward_logprobs(
-                model, *inputs, temperature, share_prompts=share_prompts, positions=positions
+                model, *inputs, temperature, share_prompts=share_prompts, positions=s.action_mask
             )[0]
             return out.to(s.response_ids.device)
 

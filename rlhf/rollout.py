@@ -455,9 +455,9 @@ def _unshared_logits(
         use_cache=False,
         **extra,
     ).logits
-    if not accepts:
-        return logits[:, at]
-    return logits[:, :-1] if keep is None else logits
+    if keep is None:  # a slice, not an index: no copy of the (batch, response_len, vocab) logits
+        return logits[:, :-1] if accepts else logits[:, -response_len - 1 : -1]
+    return logits if accepts else logits[:, at]
 
 
 def _needed_positions(positions: torch.Tensor | None, response_len: int) -> torch.Tensor | None:
