@@ -35,6 +35,13 @@ def select_rows(obj: T, idx: torch.Tensor | slice) -> T:
     )
 
 
+def fold_turns(x: torch.Tensor, rows_per_episode: int) -> torch.Tensor:
+    """(E * K, T) one row per turn (a history window: rlhf/episodes.py, K rows per episode in order) ->
+    (E, K * T) one row per episode, its turns side by side: an episode's replies in order with the padding
+    between them where a whole dialogue has its observations (masks 0 there). The identity for K = 1."""
+    return x if rows_per_episode == 1 else x.reshape(x.shape[0] // rows_per_episode, -1)
+
+
 @dataclass(frozen=True)
 class Samples:
     """What a `Generator` returns: left-padded prompts and their completions. A completion's tokens run up to and

@@ -47,6 +47,13 @@ class BridgeConfig:
     )
     max_turns: int = field(default=12, metadata={"help": "the language model's replies per episode"})
     max_new_tokens: int = field(default=8, metadata={"help": "tokens per reply"})
+    history_turns: int | None = field(
+        default=None,
+        metadata={
+            "help": "what each reply reads, as PPOConfig.history_turns: None the whole dialogue, k the last k turns "
+            "(0: the current observation only); play the models with the window they were trained with"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Q-learning's and the random policy's seed"})
     output_dir: str = field(default="runs/bridge", metadata={"help": "where bridge.json / .md / .png go"})
 
@@ -110,7 +117,9 @@ def lm_success(model: torch.nn.Module, tokenizer: Any, envs: list[Any], cfg: Bri
     generator = Generator(cfg.max_new_tokens, 0.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
     generator.sync_weights(model)
     window = context_window(model.config) or 2**31
-    batch = run_episodes(generator, tokenizer, envs, [0] * len(envs), cfg.max_turns, window)
+    batch = run_episodes(
+        generator, tokenizer, envs, [0] * len(envs), cfg.max_turns, window, history_turns=cfg.history_turns
+    )
     return [bool(d["success"]) for d in batch.dialogues]
 
 

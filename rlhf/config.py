@@ -60,6 +60,18 @@ class PPOConfig:
             "datasets are single-turn"
         },
     )
+    history_turns: int | None = field(
+        default=None,
+        metadata={
+            "help": "env episodes: what each turn's reply is conditioned on. None: the whole dialogue so far (one "
+            "sequence per episode, the KV cache kept over turns). A number k: the system prompt, the last k "
+            "replies with their observations, and the current observation; 0 is a Markov policy that sees only "
+            "the current observation (a model cannot copy its earlier replies). Each turn is then its own row "
+            "of the batch: max_turns rows per episode (an episode that ends sooner pads with rows that train "
+            "nothing), so micro_batch_size counts turns while rollout_batch_size and mini_batch_size count "
+            "episodes"
+        },
+    )
     temperature: float = field(
         default=1.0, metadata={"help": "sampling temperature; log-probs use the same temperature"}
     )
@@ -400,6 +412,8 @@ class PPOConfig:
                 raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"PPOConfig.temperature must be > 0, got {self.temperature}")
+        if self.history_turns is not None and self.history_turns < 0:
+            raise ValueError(f"PPOConfig.history_turns must be None or >= 0, got {self.history_turns}")
 
     def _check_algorithm(self) -> None:
         if self.advantage_estimator not in ESTIMATORS:
@@ -425,9 +439,14 @@ class PPOConfig:
                 f"PPOConfig.mini_batch_size={self.mini_batch_size} must divide rollout_batch_size * num_generations "
                 f"= {batch}"
             )
-        if self.mini_batch_size % self.micro_batch_size:
+        if (self.mini_batch_size * self.rows_per_episode) % self.micro_batch_size:
             raise ValueError(
                 f"PPOConfig.micro_batch_size={self.micro_batch_size} must divide mini_batch_size={self.mini_batch_size}"
+                + (
+                    f" * max_turns={self.max_turns} (history_turns: one row per turn)"
+                    if self.rows_per_episode > 1
+                    else ""
+                )
             )
 
     def _check_coefficients(self) -> None:
@@ -551,5 +570,10 @@ class PPOConfig:
         return self.rollout_batch_size * self.num_generations
 
     @property
+    def rows_per_episode(self) -> int:
+        """Rows of the batch per episode (or prompt completion): max_turns with `history_turns`, else 1."""
+        return 1 if self.history_turns is None else self.max_turns
+
+    @property
     def gradient_accumulation_steps(self) -> int:
-        return self.mini_batch_size // self.micro_batch_size
+        return self.mini_batch_size * self.rows_per_episode // self.micro_batch_size

@@ -95,6 +95,12 @@ class Episode:
         default_factory=list
     )  # the next observation's ids, added before the next reply
     system: str = ""  # the env's system prompt (the chat template may repeat it)
+    # with a history window (`history_turns`): the observations' text (the reset's, then each turn's), each
+    # reply's ids and the ids that followed it, and each turn's query (what its reply was sampled from)
+    observations: list[str] = field(default_factory=list)
+    replies: list[list[int]] = field(default_factory=list)
+    afters: list[list[int]] = field(default_factory=list)
+    queries: list[list[int]] = field(default_factory=list)
     done: bool = False
     success: bool = False
     invalid: int = 0
@@ -122,6 +128,7 @@ class EpisodeBatch:
     ended_with_eos: torch.Tensor  # (B,) bool: every reply ended with the end-of-turn token
     stats: dict[str, float]  # this rank's episode metrics (episode_return, success_rate, ...)
     dialogues: list[dict[str, Any]]  # per episode: seed, turns (reply, reward, observation), return, success
+    completions: list[str] = field(default_factory=list)  # per episode: the decoded dialogue after the prompt
 
 
 def _start(env: Any, seed: int, fmt: ChatFormat, max_length: int, max_new_tokens: int) -> Episode:
@@ -137,7 +144,7 @@ def _start(env: Any, seed: int, fmt: ChatFormat, max_length: int, max_new_tokens
             f"{env_label(env)} (seed {seed}, turn 1): the first observation is {len(prompt)} tokens; with "
             f"max_new_tokens={max_new_tokens} it exceeds the context window ({max_length} positions)"
         )
-    return Episode(env, seed, prompt, system=info.get("system_prompt", ""))
+    return Episode(env, seed, prompt, system=info.get("system_prompt", ""), observations=[obs])
 
 
 def _step(episode: Episode, ids: list[int], logprobs: list[float], eos: int, fmt: ChatFormat) -> None:
@@ -162,6 +169,22 @@ def _step(episode: Episode, ids: list[int], logprobs: list[float], eos: int, fmt
     episode.done = bool(terminated or truncated)
     if not episode.done:
         episode.pending = fmt.observation_ids(episode.system, obs, ended)
+    episode.replies.append(list(ids))
+    episode.afters.append(episode.pending)
+    episode.observations.append(obs)
+
+
+def window_query(episode: Episode, history_turns: int, fmt: ChatFormat) -> list[int]:
+    """The ids the next reply is sampled from with a history window: the chat of the system prompt and the
+    observation `history_turns` turns back, then each later reply and observation as in the whole dialogue (the
+    same ids), ending where the next reply starts. history_turns 0: the system prompt and the current
+    observation; a window reaching the first turn: the whole dialogue."""
+    turn = len(episode.replies)
+    start = max(0, turn - history_turns)
+    ids = fmt.prompt_ids(episode.system, episode.observations[start])
+    for reply, after in zip(episode.replies[start:], episode.afters[start:]):
+        ids = ids + reply + after
+    return ids
 
 
 def run_episodes(
@@ -172,19 +195,28 @@ def run_episodes(
     max_turns: int,
     max_length: int,
     device: torch.device | str = "cpu",
+    history_turns: int | None = None,
 ) -> EpisodeBatch:
     """Play one episode per env (reset with its seed) for up to `max_turns` replies, all episodes stepping
     together. An episode whose next turn would not fit the context window (`max_length` positions, with a whole
     reply of generator.max_new_tokens) ends there (truncated). The generator samples from the policy it was last
-    synced to; its temperature applies (0: greedy). Our sampler keeps one KV cache over the turns
-    (`rollout.DialogueCache`); another generator (filtering, an external engine) re-reads each dialogue."""
+    synced to (temperature 0: greedy). Our sampler keeps one KV cache over the turns (`rollout.DialogueCache`);
+    another generator (filtering, an external engine) re-reads each dialogue.
+
+    history_turns None: one row per episode. A number k: each reply reads `window_query` (the last k turns) and
+    the Samples hold `max_turns` rows per episode, one per turn (`_turn_rows`)."""
     fmt = ChatFormat(tokenizer)
     episodes = [
         _start(env, seed, fmt, max_length, generator.max_new_tokens) for env, seed in zip(envs, seeds)
     ]
-    cache = _dialogue_cache(generator, tokenizer.pad_token_id)
+    cache = _dialogue_cache(generator, tokenizer.pad_token_id) if history_turns is None else None
     active = list(range(len(episodes)))
     for _ in range(max_turns):
+        if (
+            history_turns is not None
+        ):  # the window is what the reply reads and what must fit the context window
+            for e in (episodes[i] for i in active if not episodes[i].done):
+                e.queries.append(window_query(e, history_turns, fmt))
         going = [i for i in active if not _ends(episodes[i], generator.max_new_tokens, max_length)]
         if not going:
             break
@@ -199,14 +231,18 @@ def run_episodes(
             replies, logprobs = cache.reply(
                 logits, generator.max_new_tokens, generator.temperature, tokenizer.eos_token_id
             )
-        else:
-            replies, logprobs = _reread(
-                generator, [episodes[i] for i in going], tokenizer.pad_token_id, device
-            )
+        else:  # each dialogue (or window) read from its start
+            contexts = [
+                e.queries[-1] if e.queries else e.prompt + e.response for e in (episodes[i] for i in going)
+            ]
+            replies, logprobs = _sample(generator, contexts, tokenizer.pad_token_id, device)
         for i, ids, lps in zip(going, replies, logprobs or [None] * len(going)):
             _step(episodes[i], ids, lps, tokenizer.eos_token_id, fmt)
         active = going
     batch = _to_batch(episodes, tokenizer.pad_token_id, device, logprobs is not None)
+    batch.completions = tokenizer.batch_decode([e.response for e in episodes], skip_special_tokens=True)
+    if history_turns is not None:
+        batch.samples = _turn_rows(episodes, max_turns, tokenizer.pad_token_id, device, logprobs is not None)
     if cache is not None:
         batch.stats["prefill_tokens"] = float(cache.prefill_tokens)
         batch.stats["prefill_avoided_fraction"] = 1.0 - cache.prefill_tokens / max(cache.reread_tokens, 1)
@@ -214,8 +250,14 @@ def run_episodes(
 
 
 def _ends(episode: Episode, max_new_tokens: int, max_length: int) -> bool:
-    """The episode is over, or its next observation and a whole reply would not fit the context window."""
-    room = len(episode.prompt) + len(episode.response) + len(episode.pending) + max_new_tokens <= max_length
+    """The episode is over, or its next observation and a whole reply would not fit the context window (with a
+    history window: its next query)."""
+    context = (
+        len(episode.queries[-1])
+        if episode.queries
+        else len(episode.prompt) + len(episode.response) + len(episode.pending)
+    )
+    room = context + max_new_tokens <= max_length
     episode.done = episode.done or not room
     return episode.done
 
@@ -232,16 +274,23 @@ def _dialogue_cache(generator: Generator, pad: int) -> DialogueCache | None:
     return DialogueCache(model, pad)
 
 
-def _reread(
-    generator: Any, active: list[Episode], pad: int, device: torch.device | str
+def _sample(
+    generator: Any, contexts: list[list[int]], pad: int, device: torch.device | str
 ) -> tuple[list[list[int]], list[list[float]] | None]:
-    """One reply per episode from the generator, each dialogue read from its start."""
-    samples = generator.generate(*left_pad([e.prompt + e.response for e in active], pad, device))
+    """One reply per context from the generator, each read from its start (a whole dialogue, or a window)."""
+    samples = generator.generate(*left_pad(contexts, pad, device))
     lengths = samples.response_mask.sum(1).long().tolist()
     replies = [samples.response_ids[row, :n].tolist() for row, n in enumerate(lengths)]
     if samples.sampled_logprobs is None:
         return replies, None
     return replies, [samples.sampled_logprobs[row, :n].tolist() for row, n in enumerate(lengths)]
+
+
+def _right_pad(
+    rows: list[list], width: int, fill: float, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """(len(rows), width): each row followed by `fill`."""
+    return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype, device=device)
 
 
 def _to_batch(
@@ -250,8 +299,8 @@ def _to_batch(
     query_ids, query_mask = left_pad([e.prompt for e in episodes], pad, device)
     width = max(len(e.response) for e in episodes)
 
-    def right(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:  # (B, T), right-padded
-        return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype, device=device)
+    def right(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:
+        return _right_pad(rows, width, fill, dtype, device)
 
     response_ids = right([e.response for e in episodes], pad, torch.long)
     response_mask = right([[1] * len(e.response) for e in episodes], 0, torch.float32)
@@ -287,6 +336,67 @@ def _to_batch(
     ]
     ended = torch.tensor([e.all_ended for e in episodes], device=device)
     return EpisodeBatch(samples, returns, ended, stats, dialogues)
+
+
+def _turn_rows(
+    episodes: list[Episode], max_turns: int, pad: int, device: torch.device | str, with_logprobs: bool
+) -> Samples:
+    """With a history window, one row per turn: its query and its reply (action_mask 1 on the reply, turn_ends 1
+    and the turn's reward on its last token). Every episode has `max_turns` rows, in order, so that row
+    e * max_turns + t is turn t of episode e and `fold_turns` puts an episode's replies back in one row; a turn
+    that was never played is a row with nothing to train (masks 0).
+
+    The ids every query starts with (the system prompt, ~190 of ~220 tokens on the FrozenLake recipe) are each
+    row's prompt and the rest of its query opens its response (response_mask 1, action_mask 0, like an
+    observation in a dialogue): the forward passes then run that prompt once per microbatch and read it from the
+    KV cache (`shared_prompt_logits`, `shared_prompt_values`), the same numbers as each row read whole."""
+    played = [q for e in episodes for q in e.queries[: len(e.replies)]]
+    cut = _common_prefix_length(played)
+    rows = [_turn_row(e, t, cut, played[0][:cut]) for e in episodes for t in range(max_turns)]
+    queries, responses, actions, logprobs, rewards = (list(x) for x in zip(*rows))
+    query_ids, query_mask = left_pad(queries, pad, device)
+    width = max(1, *(len(r) for r in responses))
+
+    def right(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:
+        return _right_pad(rows, width, fill, dtype, device)
+
+    ends = right([[0] * (len(r) - 1) + [int(any(a))] for r, a in zip(responses, actions)], 0, torch.float32)
+    return Samples(
+        query_ids,
+        query_mask,
+        right(responses, pad, torch.long),
+        right([[1] * len(r) for r in responses], 0, torch.float32),
+        right(logprobs, 0.0, torch.float32) if with_logprobs else None,
+        action_mask=right(actions, 0, torch.float32),
+        turn_ends=ends,
+        env_rewards=ends * torch.tensor(rewards, device=device)[:, None],
+    )
+
+
+def _turn_row(
+    e: Episode, t: int, cut: int, shared: list[int]
+) -> tuple[list[int], list[int], list[int], list[float], float]:
+    """Turn t of an episode as (prompt, response, action mask, sampler log-probs, reward): the first `cut` ids of
+    its query are the prompt, the rest of the query and the reply the response; an unplayed turn is the shared
+    prompt alone."""
+    played = t < len(e.replies)
+    query = e.queries[t] if played else shared
+    head, reply = (query[cut:] if cut else []), (e.replies[t] if played else [])
+    start = sum(
+        len(r) + len(a) for r, a in zip(e.replies[:t], e.afters[:t])
+    )  # the reply's place in e.response
+    logprobs = [0.0] * len(head) + e.logprobs[start : start + len(reply)]
+    reward = e.turns[t]["reward"] if played else 0.0
+    return query[:cut] if cut else query, head + reply, [0] * len(head) + [1] * len(reply), logprobs, reward
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """How many ids every row starts with."""
+    first, shortest = rows[0], min(len(r) for r in rows)
+    n = 0
+    while n < shortest and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
 
 
 def episode_scores(batch: EpisodeBatch) -> Scores:

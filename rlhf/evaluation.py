@@ -226,6 +226,7 @@ def evaluate_episodes(
     step: int,
     max_turns: int,
     max_length: int,
+    history_turns: int | None = None,
 ) -> dict[str, float]:
     """One episode per held-out env seed (settings.num_generations each; greedy unless temperature > 0), split
     evenly over ranks like `evaluate`; returns eval/<EPISODE_METRICS> over all ranks, the same on every rank."""
@@ -244,7 +245,9 @@ def evaluate_episodes(
         with acc.autocast(), engines.gathered_parameters(acc, policy):
             for start in range(0, len(mine), len(envs)):
                 chunk = [seeds[i] for i in mine[start : start + len(envs)]]
-                batch = run_episodes(generator, tokenizer, envs, chunk, max_turns, max_length, acc.device)
+                batch = run_episodes(
+                    generator, tokenizer, envs, chunk, max_turns, max_length, acc.device, history_turns
+                )
                 rows += [
                     [
                         d["return"],

@@ -19,7 +19,7 @@ from rlhf.advantages import (
     compute_trajectory_advantages,
     get_estimator,
 )
-from rlhf.batch import Annotations, Experience, Samples, Scores
+from rlhf.batch import Annotations, Experience, Samples, Scores, fold_turns
 from rlhf.kl import kl_penalty
 from rlhf.rollout import forward_logprobs, forward_values
 
@@ -88,12 +88,36 @@ def annotate(
     ref = _in_microbatches(logprobs(reference), samples, micro_batch_size) if reference is not None else None
     values = None
     if critic is not None:
-        values = _in_microbatches(lambda s: forward_values(critic, *s.inputs), samples, micro_batch_size)
+        values = _in_microbatches(
+            lambda s: forward_values(critic, *s.inputs, share_prompts), samples, micro_batch_size
+        )
     return Annotations(old, ref, values)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _episode_advantages(
+    est: Estimator,
+    samples: Samples,
+    scores: Scores,
+    kl: torch.Tensor,
+    kl_coef: float,
+    rows: int,
+    common: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """compute_trajectory_advantages on one row per episode (`rows` > 1: the turn rows of a history window folded
+    into their episodes, and the results unfolded back)."""
+    values = common.pop("values")
+    kl_e, mask_e, ends_e, rewards_e, values_e = (
+        None if x is None else fold_turns(x, rows)
+        for x in (kl, samples.actions, samples.turn_ends, samples.env_rewards, values)
+    )
+    advantages, returns = compute_trajectory_advantages(
+        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e, values=values_e, **common
+    )
+    return advantages.reshape(kl.shape), returns.reshape(kl.shape)
 
 
 @torch.no_grad()
@@ -135,13 +159,13 @@ def make_experience(
     )
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     kl_or_zero = kl if kl is not None else torch.zeros_like(mask)
+    rows = len(samples) // len(scores.total)  # > 1: one row per turn (a history window), see fold_turns
     if samples.action_mask is None:
         advantages, returns = compute_advantages(est, scores.total, kl_or_zero, kl_coef, mask, **common)
     else:  # multi-turn episodes: env rewards per turn, gamma between turns (see the function's docstring)
-        advantages, returns = compute_trajectory_advantages(
-            est, scores.total, kl_or_zero, kl_coef, mask, samples.turn_ends, samples.env_rewards, **common
-        )
-    loss_mask = mask * scores.ended_with_eos[:, None] if mask_truncated_completions else mask
+        advantages, returns = _episode_advantages(est, samples, scores, kl_or_zero, kl_coef, rows, common)
+    ended = scores.ended_with_eos.repeat_interleave(rows)
+    loss_mask = mask * ended[:, None] if mask_truncated_completions else mask
     return Experience(
         query_ids=samples.query_ids,
         query_mask=samples.query_mask,
@@ -150,7 +174,7 @@ def make_experience(
         loss_mask=loss_mask.to(mask.dtype),
         advantages=advantages,
         returns=returns,
-        scores=scores.total,
+        scores=scores.total.repeat_interleave(rows),
         old_logprobs=annotations.old_logprobs,
         ref_logprobs=annotations.ref_logprobs,
         old_values=annotations.values,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,11 @@ def backbone_of(model: PreTrainedModel) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+def _cache_kwarg(model: nn.Module) -> str:
+    """The name a transformers model's forward gives its KV cache argument (`cache` in newer releases)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class Critic(nn.Module):
     """V(s_t) for every token: a transformer body and a linear head on its last hidden states."""
 
@@ -165,10 +171,19 @@ class Critic(nn.Module):
         return cls(body, head.to(next(body.parameters()).dtype)).requires_grad_(True)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
     ) -> torch.Tensor:
+        """Values (batch, seq); `cache`: a KV cache the body reads and extends (a shared prompt run once,
+        rlhf.rollout.forward_values), through this forward so that DDP / DeepSpeed wrappers see the call."""
+        kv = (
+            {"use_cache": False} if cache is None else {"use_cache": True, _cache_kwarg(self.backbone): cache}
+        )
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kv
         ).last_hidden_state  # (batch, seq, hidden)
         return self.head(hidden).squeeze(-1).float()  # (batch, seq)
 

@@ -551,14 +551,52 @@ def forward_values(
     query_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    share_prompts: bool = False,
 ) -> torch.Tensor:
-    """V(s_t) for each response token t: the critic's value at the position *before* the token is emitted."""
+    """V(s_t) for each response token t: the critic's value at the position *before* the token is emitted.
+    share_prompts: rows that repeat a prompt run it once, as in `forward_logprobs` (`shared_prompt_values`)."""
+    shared = (
+        shared_prompt_values(critic, query_ids, query_mask, response_ids, response_mask)
+        if share_prompts
+        else None
+    )
+    if shared is not None:
+        return shared
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     values = critic(
         torch.cat([query_ids, response_ids], dim=1), attention_mask, position_ids_from_mask(attention_mask)
     )
     prompt_len = query_ids.shape[1]
     return values[:, prompt_len - 1 : -1]  # (batch, response_len)
+
+
+def shared_prompt_values(
+    critic: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor | None:
+    """`forward_values` with each distinct prompt run once (`shared_prompt_logits` for the critic: the prompt's KV
+    cache serves each of its rows, whose value before the first response token is the prompt's last value). None
+    when no prompt repeats or a cache cannot be used (activation checkpointing in training mode, a critic that
+    takes no cache)."""
+    shared = distinct_prompts(query_ids, query_mask)
+    inner = getattr(critic, "module", critic)  # DDP / DeepSpeed: call the wrapper, read the body's settings
+    body = getattr(inner, "backbone", None)
+    if shared is None or body is None or (body.training and _checkpointing(body)):
+        return None
+    cache = DynamicCache(config=body.config)
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    distinct, inverse = shared
+    prompt_len = query_ids.shape[1]
+    prompt_mask = distinct[:, prompt_len:].to(query_mask.dtype)
+    first = critic(distinct[:, :prompt_len], prompt_mask, position_ids_from_mask(prompt_mask), cache)[:, -1:]
+    cache.batch_select_indices(inverse)  # indexing: the backward sums each prompt's gradient over its rows
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    rest = critic(response_ids, attention_mask, position_ids_from_mask(attention_mask)[:, prompt_len:], cache)
+    return torch.cat([first[inverse], rest[:, :-1]], dim=1)
 
 
 class DialogueCache:

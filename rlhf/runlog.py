@@ -15,7 +15,7 @@ from accelerate.utils import gather_object
 
 from classic import functional as F
 from classic.runlog import MetricsWriter
-from rlhf.batch import Experience, Rollout, Scores
+from rlhf.batch import Experience, Rollout, Scores, fold_turns
 
 
 def gather_metrics(accelerator: Accelerator, stats: dict[str, float | None], step: int) -> dict[str, float]:
@@ -46,7 +46,7 @@ def rollout_stats(
     """This rank's rollout metrics: rewards (total and per function), completion lengths, EOS, KL, zero-std
     groups (group_size consecutive rows per prompt), the critic's explained variance."""
     mask, total = exp.actions, scores.total  # sampled tokens only (an episode's observations are not)
-    lengths = mask.sum(1)
+    lengths = fold_turns(mask, len(mask) // len(total)).sum(1)  # per completion or episode
     stats: dict[str, float | None] = {
         "reward": total.mean().item(),
         "reward_std": total.std().item() if len(total) > 1 else 0.0,
@@ -55,7 +55,7 @@ def rollout_stats(
         "completion_length_max": lengths.max().item(),
         "eos_fraction": scores.ended_with_eos.float().mean().item(),
         "truncated_fraction": 1.0 - scores.ended_with_eos.float().mean().item(),
-        "kl": exp.kl.sum(1).mean().item() if exp.kl is not None else None,
+        "kl": fold_turns(exp.kl, len(exp) // len(total)).sum(1).mean().item() if exp.kl is not None else None,
         "generated_tokens": float(lengths.sum().item()),
     }
     for j, name in enumerate(reward_names):
@@ -73,8 +73,11 @@ def completion_rows(rollout: Rollout, reward_names: list[str]) -> list[dict[str,
     """One row per completion of a rollout: prompt, completion, each function's reward, the total, the mean token
     advantage (a critic-free estimator without a KL penalty gives every token the same one), length, EOS."""
     exp, scores = rollout.experience, rollout.scores
-    lengths = exp.actions.sum(1)
-    advantages = (exp.advantages * exp.actions).sum(1) / lengths.clamp(min=1)
+    actions, advantages = (
+        fold_turns(x, len(exp) // len(scores.total)) for x in (exp.actions, exp.advantages)
+    )
+    lengths = actions.sum(1)  # per completion or episode (a history window's turn rows folded)
+    advantages = (advantages * actions).sum(1) / lengths.clamp(min=1)
     return [
         {
             "prompt": rollout.prompts[i],

@@ -103,9 +103,10 @@ class EnvSource:
         tokenizer: PreTrainedTokenizerBase,
         max_turns: int,
         max_length: int,
+        history_turns: int | None = None,
     ) -> None:
         self.envs, self.seeds, self.eval_seeds, self.tokenizer = envs, seeds, eval_seeds, tokenizer
-        self.max_turns, self.max_length = max_turns, max_length
+        self.max_turns, self.max_length, self.history_turns = max_turns, max_length, history_turns
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -121,16 +122,16 @@ class EnvSource:
     def generate(self, generator: Generator, rows: list[int], device: torch.device) -> EpisodeBatch:
         seeds = [self.seeds[i] for i in rows]
         return run_episodes(
-            generator, self.tokenizer, self.envs, seeds, self.max_turns, self.max_length, device
-        )
+            generator, self.tokenizer, self.envs, seeds, self.max_turns, self.max_length, device,
+            self.history_turns,
+        )  # fmt: skip
 
     def score(self, episodes: EpisodeBatch, rows: list[int]) -> Scored:
-        samples = episodes.samples
-        completions = self.tokenizer.batch_decode(samples.response_ids, skip_special_tokens=True)
         prompts = [self.seeds[i] for i in rows]
         return Scored(
-            samples, episode_scores(episodes), prompts, completions, episodes.stats, episodes.dialogues
-        )
+            episodes.samples, episode_scores(episodes), prompts, episodes.completions, episodes.stats,
+            episodes.dialogues,
+        )  # fmt: skip
 
     def evaluate(
         self,
@@ -144,5 +145,5 @@ class EnvSource:
     ) -> dict[str, float]:
         return evaluate_episodes(
             accelerator, policy, generator, self.tokenizer, self.envs, self.eval_seeds, settings, step,
-            self.max_turns, self.max_length,
+            self.max_turns, self.max_length, self.history_turns,
         )  # fmt: skip

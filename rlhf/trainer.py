@@ -144,7 +144,9 @@ class PPOTrainer:
         else:
             envs, seeds, evals = prepare_envs(self.env_factory, train_seeds, eval_seeds, args, world)
             window = context_window(model_config) or 2**31
-            self.source = EnvSource(envs, seeds, evals, self.tokenizer, args.max_turns, window)
+            self.source = EnvSource(
+                envs, seeds, evals, self.tokenizer, args.max_turns, window, args.history_turns
+            )
         if args.metric_for_best_model and args.metric_for_best_model not in self.source.eval_metric_names:
             raise ValueError(
                 f"metric_for_best_model={args.metric_for_best_model!r} is not an eval metric of this run; expected "
@@ -243,7 +245,7 @@ class PPOTrainer:
             stats = ppo_update(
                 self.accelerator, self.models, experience, self.loss, self.kl_ctl.value,
                 num_ppo_epochs=args.num_ppo_epochs,
-                mini_batch_size=args.mini_batch_size,
+                mini_batch_size=args.mini_batch_size * args.rows_per_episode,  # history_turns: one row per turn
                 micro_batch_size=args.micro_batch_size,
                 max_grad_norm=args.max_grad_norm,
                 share_prompts=self.share_prompts,

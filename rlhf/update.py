@@ -126,7 +126,9 @@ def loss_and_backward(
     _add(sums, "approx_kl", (terms.approx_kl * mask).sum())
     _add(sums, "entropy", (entropy * mask).sum())
     if models.critic is not None:
-        _value_loss_and_backward(accelerator, models.critic, micro, loss, weights, denominator, scale, sums)
+        _value_loss_and_backward(
+            accelerator, models.critic, micro, loss, weights, denominator, scale, sums, share_prompts
+        )
 
 
 def _value_loss_and_backward(
@@ -138,9 +140,10 @@ def _value_loss_and_backward(
     denominator: torch.Tensor,
     scale: float,
     sums: dict[str, torch.Tensor],
+    share_prompts: bool = True,
 ) -> None:
     """The critic's clipped value loss over the same token weights and denominator as the policy's."""
-    values = forward_values(critic, *micro.inputs)
+    values = forward_values(critic, *micro.inputs, share_prompts=share_prompts)
     error, clipped = F.clipped_value_error(values, micro.old_values, micro.returns, loss.value_clip_eps)
     value_loss = (error * weights).sum() / denominator
     engines.backward(accelerator, critic, loss.vf_coef * value_loss * scale)

@@ -10,7 +10,7 @@ import torch
 
 from rlhf import PPOConfig, PPOTrainer
 from rlhf.advantages import compute_trajectory_advantages
-from rlhf.batch import Experience, Samples
+from rlhf.batch import Experience, Samples, fold_turns
 from rlhf.envs import make_frozenlake
 from rlhf.episodes import ChatFormat, run_episodes
 from rlhf.tiny import build_causal_lm, build_tokenizer
@@ -289,6 +289,17 @@ def test_trainer_refuses_a_non_text_env_and_zero_turns(tmp_path, lake_tokenizer)
         )
     with pytest.raises(ValueError, match="max_turns must be positive"):
         PPOConfig(max_turns=0)
+    with pytest.raises(ValueError, match="history_turns must be None or >= 0, got -1"):
+        PPOConfig(history_turns=-1)
+    # one row per turn: micro_batch_size counts turns, mini_batch_size episodes
+    with pytest.raises(ValueError, match=r"micro_batch_size=3 must divide mini_batch_size=2 \* max_turns=4"):
+        PPOConfig(history_turns=0, max_turns=4, rollout_batch_size=2, mini_batch_size=2, micro_batch_size=3)
+    assert (
+        PPOConfig(
+            history_turns=0, max_turns=4, mini_batch_size=2, micro_batch_size=4
+        ).gradient_accumulation_steps
+        == 2
+    )
 
 
 # --- the trainer on env episodes -------------------------------------------------------------------------------
@@ -437,3 +448,75 @@ def test_the_kv_cache_over_turns_gives_the_samples_of_re_reading_each_dialogue(l
         full = forward_logprobs(policy, *s.inputs, 1.0, share_prompts=False)[0]
     torch.testing.assert_close(full * s.action_mask, s.sampled_logprobs, atol=1e-5, rtol=0)
     assert 0 < cached.stats["prefill_avoided_fraction"] < 1
+
+
+# --- a history window: one row per turn ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("history", [0, 1])
+def test_a_history_window_samples_each_turn_from_its_window_as_ids(lake_tokenizer, history):
+    """history_turns=k: each reply is sampled from the system prompt and the observation k turns back, then the
+    later replies and observations as the same ids as in the whole dialogue; the Samples hold max_turns rows per
+    episode (turn t of episode e at row e * max_turns + t), padding rows train nothing, and folding the rows puts
+    each episode's replies, turn ends and rewards back in order."""
+    tok = lake_tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    word = lambda w: tok(w, add_special_tokens=False)["input_ids"] + [eos]  # noqa: E731
+    # episode 0: right, then down into the hole (2 turns); episode 1: up into the edge three times
+    replies = [word("right"), word("up"), word("down"), word("up"), word("up")]
+    gen = Scripted(replies, eos, pad, max_new_tokens=6)
+    envs = [make_frozenlake(), make_frozenlake()]
+    batch = run_episodes(gen, tok, envs, [0, 1], max_turns=3, max_length=4096, history_turns=history)
+    fmt, s = ChatFormat(tok), batch.samples
+    start, info = envs[0].reset(seed=0)
+    system = info["system_prompt"]
+    obs = [[t["observation"] for t in d["turns"]] for d in batch.dialogues]
+    queries = [q[m.bool()].tolist() for call in gen.calls for q, m in zip(*call)]
+    assert len(queries) == 5 and queries[0] == queries[1] == fmt.prompt_ids(system, start)  # turn 1
+    if history == 0:  # turn 3 of episode 1: the system prompt and the observation after turn 2, nothing else
+        assert queries[4] == fmt.prompt_ids(system, obs[1][1])
+    else:  # the observation after turn 1, then reply 2 and the observation after it, as ids
+        assert queries[4] == fmt.prompt_ids(system, obs[1][0]) + replies[3] + fmt.observation_ids(
+            system, obs[1][1], True
+        )
+    assert len(s) == 2 * 3 and s.query_ids.shape[0] == 6
+    sizes = [len(replies[i]) for i in (0, 2)] + [0] + [len(replies[i]) for i in (1, 3, 4)]
+    assert s.action_mask.sum(1).tolist() == sizes  # row 2: episode 0's unplayed third turn
+    acts = s.action_mask[1].bool()
+    assert s.response_ids[1][acts].tolist() == replies[2] and (s.sampled_logprobs[1][acts] == -0.5).all()
+    # every row's prompt is the ids all queries start with; the rest of its query opens its response
+    assert (s.query_ids == s.query_ids[0]).all() and s.query_mask.all()
+    head = s.response_ids[5][s.response_mask[5].bool() & ~s.action_mask[5].bool()].tolist()
+    assert s.query_ids[0].tolist() + head == queries[4]  # episode 1, turn 3: row 1 * 3 + 2
+    folded = fold_turns(s.action_mask, 3)
+    assert folded.shape == (2, 3 * s.action_mask.shape[1]) and folded.sum(1).tolist() == [
+        sum(sizes[:3]),
+        sum(sizes[3:]),
+    ]
+    for e in range(2):
+        rewards = fold_turns(s.env_rewards, 3)[e][fold_turns(s.turn_ends, 3)[e].bool()]
+        assert rewards.tolist() == [t["reward"] for t in batch.dialogues[e]["turns"]]
+    assert batch.dialogues[0]["turns"][-1]["observation"].count("hole")
+    assert batch.completions[0].startswith("right")  # per episode, not per row
+
+
+def test_a_window_over_the_whole_dialogue_trains_like_the_dialogue(tmp_path, lake_tokenizer, monkeypatch):
+    """history_turns >= max_turns: each turn's row holds its whole dialogue so far, which is what one row per
+    episode holds up to that reply: the same samples (both sampled by re-reading, same seed), and after a PPO step
+    (gae with a critic, fp32) the same weights to float rounding. The rows differ only in layout. (One step: the
+    update's shuffle of 6 rows and of 2 draws different amounts of randomness, so later samples differ.)"""
+    import rlhf.episodes
+
+    monkeypatch.setattr(rlhf.episodes, "_dialogue_cache", lambda *a: None)
+    runs = {}
+    for name, history in (("dialogue", None), ("window", 3)):
+        args = env_config(tmp_path / name, "gae", max_steps=1, history_turns=history)
+        trainer = env_trainer(args, lake_tokenizer)
+        runs[name] = (trainer.train(), final_weights(trainer))
+    (h1, w1), (h2, w2) = runs["dialogue"], runs["window"]
+    for key in ("episode_return", "episode_turns", "completion_length", "explained_variance", "policy_loss"):
+        assert h2[-1][key] == pytest.approx(h1[-1][key], abs=1e-6), key
+    for name, value in w1.items():
+        assert torch.allclose(value, w2[name], atol=1e-6), name
+    start = build_causal_lm(lake_tokenizer, seed=0, n_positions=1024).state_dict()
+    assert max((w1[k] - start[k]).abs().max().item() for k in w1) > 1e-4  # the steps moved the weights

@@ -8,11 +8,13 @@ from rlhf import rollout
 from rlhf.rollout import (
     draw_tokens,
     forward_logprobs,
+    forward_values,
     generate,
     lean_sampling_supported,
     response_mask_from_ids,
     sample,
     shared_prompt_logits,
+    shared_prompt_values,
 )
 
 PROMPTS = ["the movie", "a dog ran in the", "good", "it was fine I"]
@@ -160,6 +162,34 @@ def test_shared_prompt_forward_gives_the_unshared_logprobs_and_gradients(tokeniz
     assert shared_prompt_logits(model, query_ids[:3], query_mask[:3], response_ids[:3], mask[:3]) is None
     torch.testing.assert_close(shared * mask, plain * mask, atol=2e-6, rtol=0)
     assert shared_grads.keys() == plain_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_shared_prompt_values_give_the_unshared_values_and_gradients(tokenizer, sft_policy):
+    """The critic with each prompt run once (shared_prompt_values): the same values and the same gradient of
+    every critic parameter as running all 9 full sequences; None when no prompt repeats."""
+    from rlhf.models import Critic
+
+    critic = Critic.from_policy(sft_policy).train()
+    query_ids, query_mask = tokenizer(PROMPTS[:3] * 3, return_tensors="pt", padding=True).values()
+    torch.manual_seed(1)
+    response_ids, _ = sample(
+        sft_policy, query_ids, query_mask, 8, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    weights = torch.rand(mask.shape) * mask
+    results = []
+    for share in (True, False):
+        critic.zero_grad()
+        values = forward_values(critic, query_ids, query_mask, response_ids, mask, share_prompts=share)
+        (values * weights).sum().backward()
+        results.append((values, {n: p.grad.clone() for n, p in critic.named_parameters()}))
+    (shared, shared_grads), (plain, plain_grads) = results
+    assert shared_prompt_values(critic, query_ids[:3], query_mask[:3], response_ids[:3], mask[:3]) is None
+    assert shared_prompt_values(critic, query_ids, query_mask, response_ids, mask) is not None  # the path ran
+    torch.testing.assert_close(shared * mask, plain * mask, atol=2e-6, rtol=0)
+    assert (plain * mask).abs().max() > 1e-3  # values that are not all zero
     for name, grad in plain_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
 
