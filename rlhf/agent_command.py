@@ -30,6 +30,13 @@ class AgentRecipeConfig(LoraFields, PPOConfig):
     env_kwargs: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "keyword arguments of the env's factory, e.g. {size: 4}"}
     )
+    eval_env_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "held-out episodes: keyword arguments that replace env_kwargs' (e.g. {random_start: false}: "
+            "train from random squares, evaluate from the start square); empty: the train env"
+        },
+    )
     num_train_seeds: int = field(default=1000, metadata={"help": "episodes reset with seeds 0 .. N-1"})
     eval_seed_start: int = field(
         default=100_000, metadata={"help": "held-out episodes use seeds from here (disjoint from training)"}
@@ -44,8 +51,11 @@ class AgentRecipeConfig(LoraFields, PPOConfig):
             raise ValueError(
                 f"env: unknown text env {self.env!r}; valid names: {', '.join(sorted(TEXT_ENVS))}"
             )
-        if not isinstance(self.env_kwargs, dict):
-            raise ValueError(f"env_kwargs: expected a mapping of keyword arguments, got {self.env_kwargs!r}")
+        for name in ("env_kwargs", "eval_env_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(
+                    f"{name}: expected a mapping of keyword arguments, got {getattr(self, name)!r}"
+                )
         for name in ("num_train_seeds", "num_eval_seeds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -61,15 +71,18 @@ def run_agent(cfg: AgentRecipeConfig) -> None:
 
     load_model_config(cfg.model_name_or_path, "model_name_or_path", cfg.trust_remote_code)
     factory = partial(TEXT_ENVS[cfg.env], **cfg.env_kwargs)
-    try:
-        factory()
-    except TypeError as err:  # a keyword the factory does not take
-        raise ValueError(f"env_kwargs: {cfg.env} does not accept them ({err})") from err
+    eval_factory = partial(factory, **cfg.eval_env_kwargs) if cfg.eval_env_kwargs else None
+    for name, make in (("env_kwargs", factory), ("eval_env_kwargs", eval_factory)):
+        try:
+            make is None or make()
+        except TypeError as err:  # a keyword the factory does not take
+            raise ValueError(f"{name}: {cfg.env} does not accept them ({err})") from err
     evals = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.num_eval_seeds)
     train_and_save(
         PPOTrainer(
             cfg.model_name_or_path, None, args=cfg, peft_config=lora_config(cfg), env_factory=factory,
             train_seeds=range(cfg.num_train_seeds), eval_seeds=evals if cfg.eval_steps or cfg.eval_on_start else None,
+            eval_env_factory=eval_factory,
         )
     )  # fmt: skip
 

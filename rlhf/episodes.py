@@ -405,10 +405,16 @@ def episode_scores(batch: EpisodeBatch) -> Scores:
 
 
 def prepare_envs(
-    env_factory: Any, train_seeds: Any, eval_seeds: Any, args: Any, num_processes: int
-) -> tuple[list[Any], list[int], list[int] | None]:
-    """The trainer's envs (one per row of a step and of an eval batch, built by `env_factory`, checked to be
-    text envs) and its train / eval seeds, or a one-line error before any work."""
+    env_factory: Any,
+    train_seeds: Any,
+    eval_seeds: Any,
+    args: Any,
+    num_processes: int,
+    eval_env_factory: Any = None,
+) -> tuple[list[Any], list[Any], list[int], list[int] | None]:
+    """The trainer's train envs (one per row of a step, built by `env_factory`) and eval envs (one per row of an
+    eval batch, by `eval_env_factory`, else the train envs), all checked to be text envs, and its train / eval
+    seeds, or a one-line error before any work."""
     from rlhf.envs import check_text_env  # gymnasium: only env runs import it
 
     need = args.rollout_batch_size * num_processes
@@ -422,7 +428,14 @@ def prepare_envs(
             f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_seeds were given to "
             "PPOTrainer"
         )
-    rows = max(args.rollout_batch_size * args.num_generations, args.eval_batch_size if eval_seeds else 0)
+    evals = eval_seeds and eval_env_factory is not None
+    rows = max(
+        args.rollout_batch_size * args.num_generations,
+        args.eval_batch_size if eval_seeds and not evals else 0,
+    )
     envs = [env_factory() for _ in range(rows)]
-    check_text_env(envs[0])
-    return envs, [int(s) for s in train_seeds], [int(s) for s in eval_seeds] if eval_seeds else None
+    eval_envs = [eval_env_factory() for _ in range(args.eval_batch_size)] if evals else envs
+    for env in {id(envs[0]): envs[0], id(eval_envs[0]): eval_envs[0]}.values():
+        check_text_env(env)
+    seeds = [int(s) for s in eval_seeds] if eval_seeds else None
+    return envs, eval_envs, [int(s) for s in train_seeds], seeds

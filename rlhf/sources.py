@@ -104,9 +104,13 @@ class EnvSource:
         max_turns: int,
         max_length: int,
         history_turns: int | None = None,
+        eval_envs: list[Any] | None = None,
     ) -> None:
         self.envs, self.seeds, self.eval_seeds, self.tokenizer = envs, seeds, eval_seeds, tokenizer
         self.max_turns, self.max_length, self.history_turns = max_turns, max_length, history_turns
+        self.eval_envs = (
+            eval_envs if eval_envs is not None else envs
+        )  # e.g. another start square than training
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -144,6 +148,6 @@ class EnvSource:
         watchdog: engines.Watchdog | None,
     ) -> dict[str, float]:
         return evaluate_episodes(
-            accelerator, policy, generator, self.tokenizer, self.envs, self.eval_seeds, settings, step,
+            accelerator, policy, generator, self.tokenizer, self.eval_envs, self.eval_seeds, settings, step,
             self.max_turns, self.max_length, self.history_turns,
         )  # fmt: skip

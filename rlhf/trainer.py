@@ -70,6 +70,7 @@ class PPOTrainer:
         env_factory: Callable[[], Any] | None = None,
         train_seeds: Sequence[int] | None = None,
         eval_seeds: Sequence[int] | None = None,
+        eval_env_factory: Callable[[], Any] | None = None,
     ) -> None:
         if isinstance(eval_dataset, PreTrainedTokenizerBase):  # the 5th argument is eval_dataset, as in TRL
             raise TypeError(
@@ -93,7 +94,7 @@ class PPOTrainer:
         self.share_prompts = not engines.shards_parameters(acc)
         self.use_peft = peft_config is not None
         self.needs_reference = args.kl_coef > 0 or args.adaptive_kl
-        self.env_factory = env_factory
+        self.env_factory, self.eval_env_factory = env_factory, eval_env_factory
         policy, ref_model, critic = self._build_models(
             model, processing_class, peft_config, ref_model, reward_funcs, reward_processing_classes, value_model
         )  # fmt: skip
@@ -142,11 +143,9 @@ class PPOTrainer:
             )
             self.source: Any = PromptSource(train, evals, self.rewards, self.tokenizer)
         else:
-            envs, seeds, evals = prepare_envs(self.env_factory, train_seeds, eval_seeds, args, world)
+            envs, eval_envs, seeds, evals = prepare_envs(self.env_factory, train_seeds, eval_seeds, args, world, self.eval_env_factory)  # fmt: skip
             window = context_window(model_config) or 2**31
-            self.source = EnvSource(
-                envs, seeds, evals, self.tokenizer, args.max_turns, window, args.history_turns
-            )
+            self.source = EnvSource(envs, seeds, evals, self.tokenizer, args.max_turns, window, args.history_turns, eval_envs)  # fmt: skip
         if args.metric_for_best_model and args.metric_for_best_model not in self.source.eval_metric_names:
             raise ValueError(
                 f"metric_for_best_model={args.metric_for_best_model!r} is not an eval metric of this run; expected "

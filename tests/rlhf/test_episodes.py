@@ -388,6 +388,38 @@ def test_env_evaluation_on_held_out_seeds(tmp_path, lake_tokenizer):
     assert 1 <= row["eval/episode_turns"] <= 3
 
 
+def test_eval_envs_from_their_own_factory(tmp_path, lake_tokenizer):
+    """eval_env_factory: the held-out episodes play envs of their own (here: the start square), the training
+    ones the env_factory's (exploring starts); without it, both are the train envs."""
+    from functools import partial
+
+    resets = []
+
+    class Counted(gym.Wrapper):
+        def reset(self, **kwargs):
+            resets.append(kwargs["seed"])
+            return self.env.reset(**kwargs)
+
+    args = env_config(tmp_path / "e", "gae", max_steps=1)
+    trainer = PPOTrainer(
+        build_causal_lm(lake_tokenizer, seed=0, n_positions=1024), None, args, processing_class=lake_tokenizer,
+        env_factory=partial(make_frozenlake, random_start=True), train_seeds=range(8), eval_seeds=[100, 101],
+        eval_env_factory=lambda: Counted(make_frozenlake()),
+    )  # fmt: skip
+    source = trainer.source
+    assert (
+        all(isinstance(e, Counted) for e in source.eval_envs)
+        and len(source.eval_envs) == args.eval_batch_size
+    )
+    assert not any(isinstance(e, Counted) for e in source.envs)
+    trainer.evaluate()
+    assert sorted(resets) == [100, 101]
+    trainer.train()  # training resets only the train envs
+    assert sorted(resets) == [100, 101]
+    plain = env_trainer(env_config(tmp_path / "f", "gae"), lake_tokenizer).source
+    assert plain.eval_envs is plain.envs
+
+
 class Countdown(gym.Env):
     """A text env that ends after seed % 3 + 1 turns (episodes of one batch end at different turns)."""
 
