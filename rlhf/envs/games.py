@@ -143,6 +143,25 @@ class ExploringStarts(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return lake.s, info
 
 
+class EdgePenalty(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """A move into the edge of a FrozenLake (which leaves the player where it is) gets `penalty` added to its
+    reward. Such a move is never optimal on a lake that is not slippery; without the penalty it costs nothing now
+    (its shaped reward is 0), which a policy that says "down" on every square never pays for on the bottom row."""
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, penalty=penalty)
+        gym.Wrapper.__init__(self, env)
+        self.penalty = penalty
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict]:
+        lake = self.env.unwrapped
+        row, col = divmod(int(lake.s), lake.desc.shape[1])
+        dr, dc = STEPS[int(action)]
+        inside = 0 <= row + dr < lake.desc.shape[0] and 0 <= col + dc < lake.desc.shape[1]
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward) + (0.0 if inside else self.penalty), terminated, truncated, info
+
+
 def _at_goal(env: gym.Env, reward: float, terminated: bool, info: dict) -> bool:
     lake = (
         env.unwrapped
@@ -181,6 +200,7 @@ def make_frozenlake(
     one_move: bool = False,
     neighbours: bool = False,
     random_start: bool = False,
+    edge_penalty: float = 0.0,
     **text_kwargs,
 ) -> TextEnv:
     """FrozenLake-v1 in text: gymnasium's 4x4 or 8x8 map, or with `map_seed` a random `size` x `size` map from
@@ -195,7 +215,8 @@ def make_frozenlake(
     neighbours: each observation also says what lies one move away in each direction ("Left: the edge, down:
     ice, right: a hole, up: the edge."), with `map_in_prompt` only: a small model does not read its
     neighbourhood off the map in the system prompt.
-    random_start: each episode starts on a random square that is neither a hole nor the goal (`ExploringStarts`)."""
+    random_start: each episode starts on a random square that is neither a hole nor the goal (`ExploringStarts`).
+    edge_penalty: added to the reward of a move into the edge (`EdgePenalty`; not slippery lakes only)."""
     if neighbours and not map_in_prompt:
         raise ValueError(
             "neighbours=True needs map_in_prompt=True (the full grid is redrawn every turn otherwise)"
@@ -214,6 +235,12 @@ def make_frozenlake(
         env = ExploringStarts(env)
     if shaping:
         env = DistanceShaping(env)
+    if edge_penalty:
+        if is_slippery:
+            raise ValueError(
+                "edge_penalty needs is_slippery=False (a slippery move's direction is not the one chosen)"
+            )
+        env = EdgePenalty(env, edge_penalty)
     return TextEnv(
         env,
         partial(_frozenlake_position, neighbours=neighbours) if map_in_prompt else _frozenlake_text,

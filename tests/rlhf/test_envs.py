@@ -211,6 +211,20 @@ def test_frozenlake_exploring_starts_cover_every_square_but_holes_and_the_goal()
     assert env.step("down")[1] == pytest.approx(1 / 6)  # (2, 2) -> (3, 2): 2 moves from the goal -> 1
 
 
+def test_frozenlake_edge_penalty_costs_a_move_into_the_edge_and_nothing_else():
+    """edge_penalty: on a shortest path every move keeps its shaped reward (+1/6, the goal 1 + 1/6); a move into
+    the edge leaves the player where it is and earns the penalty (its shaped reward is 0); slippery lakes refuse."""
+    env = make_frozenlake(map_in_prompt=True, shaping=True, edge_penalty=-0.1)
+    check_env(env, skip_render_check=True)
+    env.reset(seed=0)
+    rewards = [env.step(move)[1] for move in ("up", "right", "right", "down", "down", "down", "down")]
+    assert rewards == pytest.approx([-0.1] + [1 / 6] * 5 + [-0.1])
+    assert divmod(int(env.unwrapped.s), 4) == (3, 2)
+    assert env.step("right")[1:3] == (pytest.approx(1 + 1 / 6), True)
+    with pytest.raises(ValueError, match="edge_penalty needs is_slippery=False"):
+        make_frozenlake(is_slippery=True, edge_penalty=-0.1)
+
+
 def test_unparseable_reply_leaves_state_unchanged():
     env = make_frozenlake(size=4, invalid_penalty=-0.25)
     env.reset(seed=0)
