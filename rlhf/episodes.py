@@ -212,9 +212,7 @@ def run_episodes(
     cache = _dialogue_cache(generator, tokenizer.pad_token_id) if history_turns is None else None
     active = list(range(len(episodes)))
     for _ in range(max_turns):
-        if (
-            history_turns is not None
-        ):  # the window is what the reply reads and what must fit the context window
+        if history_turns is not None:  # the window: what the reply reads, what must fit the context window
             for e in (episodes[i] for i in active if not episodes[i].done):
                 e.queries.append(window_query(e, history_turns, fmt))
         going = [i for i in active if not _ends(episodes[i], generator.max_new_tokens, max_length)]
