@@ -326,13 +326,18 @@ def final_weights(trainer):
     return {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.policy).state_dict().items()}
 
 
-@pytest.mark.parametrize("estimator", ["gae", "grpo"])
-def test_env_run_resumes_bit_for_bit_and_logs_episodes(tmp_path, lake_tokenizer, estimator):
+@pytest.mark.parametrize("estimator, window", [("gae", None), ("grpo", None), ("gae", 0)])
+def test_env_run_resumes_bit_for_bit_and_logs_episodes(tmp_path, lake_tokenizer, estimator, window):
+    """A kill mid-run, then resume: the weights and metrics of the straight run, bit for bit (whole dialogues, and
+    one row per turn with history_turns 0); completions.jsonl holds one line per episode either way."""
     import json
 
-    straight = env_trainer(env_config(tmp_path / "straight", estimator, log_completions=True), lake_tokenizer)
+    kw = {"history_turns": window}
+    straight = env_trainer(
+        env_config(tmp_path / "straight", estimator, log_completions=True, **kw), lake_tokenizer
+    )
     history = straight.train()
-    cut = env_trainer(env_config(tmp_path / "cut", estimator, save_steps=1), lake_tokenizer)
+    cut = env_trainer(env_config(tmp_path / "cut", estimator, save_steps=1, **kw), lake_tokenizer)
     generate = cut.source.generate
 
     def crash_in_step_3(*args, **kwargs):  # a kill in the middle of the third step's episodes
@@ -344,7 +349,7 @@ def test_env_run_resumes_bit_for_bit_and_logs_episodes(tmp_path, lake_tokenizer,
     with pytest.raises(KeyboardInterrupt):
         cut.train()
     resumed = env_trainer(
-        env_config(tmp_path / "cut", estimator, resume_from_checkpoint="latest"), lake_tokenizer
+        env_config(tmp_path / "cut", estimator, resume_from_checkpoint="latest", **kw), lake_tokenizer
     )
     resumed_history = resumed.train()
     for name, value in final_weights(straight).items():
