@@ -433,7 +433,8 @@ def prepare_envs(
     )
     envs = [env_factory() for _ in range(rows)]
     eval_envs = [eval_env_factory() for _ in range(args.eval_batch_size)] if evals else envs
-    for env in {id(envs[0]): envs[0], id(eval_envs[0]): eval_envs[0]}.values():
-        check_text_env(env)
+    check_text_env(envs[0])
+    if eval_envs is not envs:
+        check_text_env(eval_envs[0])
     seeds = [int(s) for s in eval_seeds] if eval_seeds else None
     return envs, eval_envs, [int(s) for s in train_seeds], seeds

@@ -109,14 +109,14 @@ def _episode_advantages(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """compute_trajectory_advantages on one row per episode (`rows` > 1: the turn rows of a history window folded
     into their episodes, and the results unfolded back)."""
-    values = common.pop("values")
-    kl_e, mask_e, ends_e, rewards_e, values_e = (
-        None if x is None else fold_turns(x, rows)
-        for x in (kl, samples.actions, samples.turn_ends, samples.env_rewards, values)
+    kl_e, mask_e, ends_e, rewards_e = (
+        fold_turns(x, rows) for x in (kl, samples.actions, samples.turn_ends, samples.env_rewards)
     )
+    values = common["values"]
     advantages, returns = compute_trajectory_advantages(
-        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e, values=values_e, **common
-    )
+        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e,
+        **{**common, "values": None if values is None else fold_turns(values, rows)},
+    )  # fmt: skip
     return advantages.reshape(kl.shape), returns.reshape(kl.shape)
 
 

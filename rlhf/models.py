@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from rlhf.gguf import is_gguf, load_gguf
 from rlhf.hub import load_model_config
+from rlhf.rollout import cache_kwarg
 
 
 def load_policy(
@@ -133,11 +133,6 @@ def backbone_of(model: PreTrainedModel) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
-def _cache_kwarg(model: nn.Module) -> str:
-    """The name a transformers model's forward gives its KV cache argument (`cache` in newer releases)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 class Critic(nn.Module):
     """V(s_t) for every token: a transformer body and a linear head on its last hidden states."""
 
@@ -179,9 +174,7 @@ class Critic(nn.Module):
     ) -> torch.Tensor:
         """Values (batch, seq); `cache`: a KV cache the body reads and extends (a shared prompt run once,
         rlhf.rollout.forward_values), through this forward so that DDP / DeepSpeed wrappers see the call."""
-        kv = (
-            {"use_cache": False} if cache is None else {"use_cache": True, _cache_kwarg(self.backbone): cache}
-        )
+        kv = {"use_cache": False} if cache is None else {"use_cache": True, cache_kwarg(self.backbone): cache}
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kv
         ).last_hidden_state  # (batch, seq, hidden)

@@ -223,13 +223,11 @@ def _preallocated_cache(
     """A KV cache whose plain full-attention layers hold preallocated buffers of `capacity` positions (sliding-window
     or linear-attention layers keep their own), and the keyword the model's forward takes it under."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns until 5.40)
-    cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     kv_cache = DynamicCache(config=base.config)
     kv_cache.layers = [
         _PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in kv_cache.layers
     ]
-    return kv_cache, {cache_kwarg: kv_cache}
+    return kv_cache, {cache_kwarg(base): kv_cache}
 
 
 def _prefill(
@@ -369,6 +367,12 @@ class Generator:
             self.pad_token_id,
             synced_gpus=self.synced_gpus,
         )
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name a transformers model's forward gives its KV cache: transformers 5.2x renamed `past_key_values` to
+    `cache` (the old name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -512,7 +516,7 @@ def shared_prompt_logits(
     cache = DynamicCache(config=inner.config)
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
         return None
-    cache_kwarg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    kwarg = cache_kwarg(inner)
     prompt_len = query_ids.shape[1]
     prompt_mask = distinct[:, prompt_len:].to(query_mask.dtype)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
@@ -521,7 +525,7 @@ def shared_prompt_logits(
         attention_mask=prompt_mask,
         position_ids=position_ids_from_mask(prompt_mask),
         use_cache=True,
-        **{cache_kwarg: cache},
+        **{kwarg: cache},
         **extra,
     ).logits[:, -1:]
     cache.batch_select_indices(inverse)  # indexing: the backward sums each prompt's gradient over its rows
@@ -534,7 +538,7 @@ def shared_prompt_logits(
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask)[:, prompt_len:],
         use_cache=True,
-        **{cache_kwarg: cache},
+        **{kwarg: cache},
         **({"logits_to_keep": later.to(response_ids.device)} if accepts else {}),
     ).logits
     first = first[inverse]
@@ -614,9 +618,8 @@ class DialogueCache:
     def __init__(self, model: torch.nn.Module, pad_token_id: int) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model, self.pad = model, pad_token_id
-        cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         self.kv = DynamicCache(config=base.config)
-        self.cache = {cache_kwarg: self.kv}
+        self.cache = {cache_kwarg(base): self.kv}
         self.mask: torch.Tensor | None = None  # (rows, cached positions)
         self.next_position: torch.Tensor | None = None  # (rows,) position id of each row's next real token
         self.unfed: list[list[int]] = []  # each row's sampled tokens not yet in the cache
