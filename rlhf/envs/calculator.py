@@ -21,6 +21,7 @@ import ast
 import math
 import operator
 import re
+from collections.abc import Iterable
 
 import gymnasium as gym
 
@@ -166,3 +167,25 @@ class CalculatorEnv(gym.Env):
 def make_calculator(**kwargs) -> CalculatorEnv:
     """A `CalculatorEnv`; keyword arguments as its constructor."""
     return CalculatorEnv(**kwargs)
+
+
+def tool_call_demonstrations(seeds: Iterable[int], answers: bool = False, **env_kwargs) -> list[dict]:
+    """A format warm-start for TRL's SFTTrainer: for each seed, the episode's first turn (the system prompt and
+    the question as chat messages) and, as the completion, a call of the calculator on the question:
+    `calculate: 37 * 12 - 45`. With `answers`, a second row per seed continues the dialogue (the call, the
+    calculator's reply) with `answer: <its result>` as the completion. Rows are conversational prompt/completion
+    dicts."""
+    env = CalculatorEnv(**env_kwargs)
+    rows = []
+    for seed in seeds:
+        obs, info = env.reset(seed=int(seed))
+        call = {"role": "assistant", "content": f"calculate: {info['question']}"}
+        prompt = [{"role": "system", "content": info["system_prompt"]}, {"role": "user", "content": obs}]
+        rows.append({"prompt": prompt, "completion": [call]})
+        if answers:
+            result = env.step(call["content"])[0]
+            answer = {"role": "assistant", "content": f"answer: {format_number(env.answer)}"}
+            rows.append(
+                {"prompt": [*prompt, call, {"role": "user", "content": result}], "completion": [answer]}
+            )
+    return rows

@@ -1,6 +1,7 @@
 """Text environments (rlhf.envs): gymnasium's checker, scripted replies with known outcomes, the calculator
 tool, and a classic tabular agent on the very env object a text env wraps."""
 
+import json
 import subprocess
 import sys
 import warnings
@@ -339,6 +340,37 @@ def test_calculator_rejects_code_and_truncates(tmp_path):
     for bad in ["2**10", "1/0", "x + 1", "len('ab')", "(1).real", "True + 1", "1 if 1 else 2"]:
         with pytest.raises(ValueError):
             safe_eval(bad)
+
+
+def test_calculator_demonstrations_call_the_tool_on_the_question(tmp_path):
+    from recipes.calculator_demos import main as write_demos
+    from rlhf.envs.calculator import FORMAT, tool_call_demonstrations
+
+    rows = tool_call_demonstrations(range(3), max_tool_calls=2)
+    first = rows[0]
+    assert [m["role"] for m in first["prompt"]] == ["system", "user"]
+    assert "at most 2 times" in first["prompt"][0]["content"]
+    assert first["prompt"][1]["content"].startswith("Question: What is 64 + 51 + 27?")
+    assert first["completion"] == [{"role": "assistant", "content": "calculate: 64 + 51 + 27"}]
+    for seed, row in enumerate(rows):  # each call, played in its env, returns the question's answer
+        env = CalculatorEnv(max_tool_calls=2)
+        _, info = env.reset(seed=seed)
+        obs, reward, terminated, _, _ = env.step(row["completion"][0]["content"])
+        assert obs.startswith(f"Calculator: {info['question']} = {int(env.answer)}\n") and reward == 0.0
+    call, answer = tool_call_demonstrations([0], answers=True, max_tool_calls=2)
+    assert call == first and answer["completion"] == [{"role": "assistant", "content": "answer: 142"}]
+    assert answer["prompt"][2:] == [
+        first["completion"][0],
+        {"role": "user", "content": "Calculator: 64 + 51 + 27 = 142\nTool calls left: 1. " + FORMAT},
+    ]
+    out = tmp_path / "demos.jsonl"
+    write_demos(["--output", str(out), "--num_seeds", "4"])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == tool_call_demonstrations(
+        range(4), max_tool_calls=2
+    )
+    with pytest.raises(SystemExit):  # an existing file is never overwritten
+        write_demos(["--output", str(out), "--num_seeds", "2"])
+    assert len(out.read_text().splitlines()) == 4
 
 
 def test_random_frozenlake_maps_are_seeded_and_solvable():
