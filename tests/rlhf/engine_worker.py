@@ -3,7 +3,8 @@
 the final policy (and critic) weights and the metrics for the test to compare across engines. With `resume` after
 the estimators, for the first estimator: a 3-step run straight, and a 3-step run that crashes in step 3 and is
 resumed from its step-2 checkpoint by a new trainer; both saved for the test to compare. The estimator runs
-evaluate after step 2 (eval/* in the last history row). With `env_gae`: 2 steps of gae on text FrozenLake episodes."""
+evaluate after step 2 (eval/* in the last history row). With `env_gae`: 2 steps of gae on text FrozenLake episodes;
+`env_markov`: the same with history_turns 0 (one row per turn)."""
 
 import contextlib
 import json
@@ -88,13 +89,16 @@ def run(estimator: str, directory: Path, max_steps: int = 2, tag: str = "", **ov
     return trainer
 
 
-def run_env(directory: Path) -> PPOTrainer:
+def run_env(directory: Path, history_turns: int | None = None) -> PPOTrainer:
     """2 steps of gae on text FrozenLake episodes (up to 3 turns, a critic, the KV cache over the turns), then a
-    greedy evaluation on 3 held-out seeds (rank 1's share padded)."""
+    greedy evaluation on 3 held-out seeds (rank 1's share padded). history_turns 0: a Markov policy, one row per
+    turn (3 rows per episode, micro-batches of 3 rows)."""
     from rlhf.envs import make_frozenlake
 
+    micro = 1 if history_turns is None else 3
     args = PPOConfig(
-        output_dir=str(directory), max_steps=2, rollout_batch_size=2, mini_batch_size=2, micro_batch_size=1,
+        output_dir=str(directory), max_steps=2, rollout_batch_size=2, mini_batch_size=2, micro_batch_size=micro,
+        history_turns=history_turns,
         max_new_tokens=4, max_turns=3, learning_rate=1e-3, critic_learning_rate=1e-3, kl_coef=0.1,
         advantage_estimator="gae", critic_init="policy", eval_steps=2, eval_batch_size=2,
         disable_tqdm=True, plot_metrics=False,
@@ -112,11 +116,13 @@ def run_env(directory: Path) -> PPOTrainer:
     return trainer
 
 
-estimators = [a for a in sys.argv[2:] if a not in ("resume", "env_gae")]
+estimators = [a for a in sys.argv[2:] if a not in ("resume", "env_gae", "env_markov")]
 for estimator in estimators:
     accelerator = run(estimator, out / estimator, eval_steps=2).accelerator
 if "env_gae" in sys.argv[2:]:
     accelerator = run_env(out / "env_gae").accelerator
+if "env_markov" in sys.argv[2:]:
+    accelerator = run_env(out / "env_markov", history_turns=0).accelerator
 if "resume" in sys.argv[2:]:
     run(estimators[0], out / "straight", max_steps=3)
     calls["crash_at"] = 3

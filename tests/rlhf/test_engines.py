@@ -21,7 +21,7 @@ CONFIGS = {
 }
 
 
-def launch(engine: str, out: Path, estimators=("gae", "grpo", "resume", "env_gae")) -> None:
+def launch(engine: str, out: Path, estimators=("gae", "grpo", "resume", "env_gae", "env_markov")) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *CONFIGS[engine], "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(WORKER), str(out)]
@@ -32,7 +32,7 @@ def launch(engine: str, out: Path, estimators=("gae", "grpo", "resume", "env_gae
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    launch("ddp", out, ("gae", "grpo", "env_gae"))
+    launch("ddp", out, ("gae", "grpo", "env_gae", "env_markov"))
     return out
 
 
@@ -77,18 +77,21 @@ def test_engine_trains_the_same_weights_as_ddp(tmp_path, ddp_run, engine):
 
 
 def check_env_run(run: Path, ddp_run: Path) -> None:
-    """Multi-turn episodes (a critic, the KV cache over the turns, sharded generation and evaluation): the same
-    weights and episode metrics as under DDP."""
-    expected, got = weights(ddp_run, "env_gae"), weights(run, "env_gae")
-    assert got.keys() == expected.keys() and any(k.startswith("critic.") for k in got)
-    for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=f"env_gae {name}")
-    result = json.loads((run / "env_gae" / "result.json").read_text())
-    reference = json.loads((ddp_run / "env_gae" / "result.json").read_text())
-    for a, b in zip(result["history"], reference["history"]):
-        for key in ("episode_return", "episode_turns", "invalid_action_fraction", "eval/episode_turns"):
-            if key in b:
-                assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    """Multi-turn episodes (a critic, the KV cache over the turns, sharded generation and evaluation), as one
+    sequence per episode and as one row per turn (history_turns 0): the same weights and episode metrics as
+    under DDP."""
+    for name in ("env_gae", "env_markov"):
+        expected, got = weights(ddp_run, name), weights(run, name)
+        assert got.keys() == expected.keys() and any(k.startswith("critic.") for k in got)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+        result = json.loads((run / name / "result.json").read_text())
+        reference = json.loads((ddp_run / name / "result.json").read_text())
+        assert len(result["history"]) == len(reference["history"]) == 2
+        for a, b in zip(result["history"], reference["history"]):
+            for key in ("episode_return", "episode_turns", "invalid_action_fraction", "eval/episode_turns"):
+                if key in b:
+                    assert a[key] == pytest.approx(b[key], abs=1e-6), (name, key)
 
 
 def check_resume(run: Path) -> None:
