@@ -32,7 +32,8 @@ class Estimator:
 
     baseline: (scores (batch,), group_size, scale_rewards, reduce) -> the sequence-level signal that replaces
     each score (None for gae, whose baseline is the critic). whiten: the default of `whiten_advantages` (whiten
-    the final token advantages over all tokens of the batch, all ranks)."""
+    the final token advantages over all tokens of the batch, all ranks). step_groups: env episodes only; each
+    reply also gets its step-level advantage (`step_group_advantages`)."""
 
     name: str
     source: str
@@ -40,6 +41,7 @@ class Estimator:
     min_group_size: int
     whiten: bool
     baseline: Callable[[torch.Tensor, int, str, Reduce], torch.Tensor] | None
+    step_groups: bool = False
 
 
 def _no_baseline(scores: torch.Tensor, group_size: int, scale: str, reduce: Reduce) -> torch.Tensor:
@@ -101,6 +103,16 @@ ESTIMATORS: dict[str, Estimator] = {
             min_group_size=2,
             whiten=False,
             baseline=_grpo,
+        ),
+        Estimator(
+            "gigpo",
+            "GiGPO (Feng et al. 2025): GRPO over episode returns plus, per reply, its discounted return-to-go "
+            "against the other replies made to the same observation in the batch (env episodes only)",
+            needs_critic=False,
+            min_group_size=2,
+            whiten=False,
+            baseline=_grpo,
+            step_groups=True,
         ),
     )
 }
@@ -208,6 +220,7 @@ def compute_trajectory_advantages(
     whiten: bool | None = None,
     scale_rewards: str = "group",
     reduce: Reduce = _identity,
+    turn_states: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (advantages, returns) for multi-turn episodes, both (batch, T), zero off the action tokens.
 
@@ -221,7 +234,8 @@ def compute_trajectory_advantages(
       its last action token (a truncated episode is not bootstrapped: nothing follows it in the sequence);
     - critic-free estimators: the baseline of the episode return `scores` (groups = group_size episodes of the
       same env seed, consecutive rows) at the last action token, - beta * KL_t, returns-to-go with the same
-      discounts, optionally whitened over all action tokens of all ranks.
+      discounts, optionally whitened over all action tokens of all ranks;
+    - gigpo adds to every token of a reply its step-level advantage (`step_group_advantages` on `turn_states`).
     Implemented by moving each row's action tokens to the front (in order), running the single-turn math with
     per-step discounts, and moving the results back.
     """
@@ -236,4 +250,62 @@ def compute_trajectory_advantages(
         token_rewards=turn_rewards.gather(1, order),
     )  # fmt: skip
     back = torch.argsort(order, dim=1)  # the inverse permutation
-    return advantages.gather(1, back), returns.gather(1, back)
+    advantages, returns = advantages.gather(1, back), returns.gather(1, back)
+    est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
+    if est.step_groups:
+        if turn_states is None:
+            raise ValueError(
+                f"advantage_estimator={est.name!r} needs env episodes (the state of every reply)"
+            )
+        advantages = advantages + step_group_advantages(
+            action_mask, turn_ends, turn_rewards, turn_states, gamma, scale_rewards
+        )
+    return advantages, returns
+
+
+def step_group_advantages(
+    action_mask: torch.Tensor,
+    turn_ends: torch.Tensor,
+    turn_rewards: torch.Tensor,
+    turn_states: torch.Tensor,
+    gamma: float = 1.0,
+    scale: str = "group",
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """GiGPO's step-level advantages (Feng et al. 2025, "Group-in-Group Policy Optimization for LLM Agent
+    Training"), (batch, T), on every action token of each reply.
+
+    Rows are episodes as in `compute_trajectory_advantages`. Reply k of an episode has the discounted return-to-go
+    G_k = r_k + gamma * G_{k+1} of the env rewards (`turn_rewards` at each reply's last token, `turn_ends`). The
+    replies of the whole batch made to the same observation (equal `turn_states` ids) form a step group: a reply's
+    advantage is G_k minus its group's mean, divided by the group's sample std + eps (`scale` "group"), the std
+    of every G_k of the batch ("batch") or nothing ("none"); a reply alone in its group gets 0. Where a critic
+    needs many steps to learn V(state), a task that revisits its states gets this baseline from one batch."""
+    ends = turn_ends > 0
+    turns = int(ends.sum(1).max()) if ends.any() else 0
+    if turns == 0:
+        return torch.zeros_like(action_mask, dtype=torch.float32)
+    # each row's reply ends, in order (then padding: the positions of later columns, not ends)
+    order = torch.argsort((~ends).to(torch.int8), dim=1, stable=True)[:, :turns]
+    valid = ends.gather(1, order)  # (batch, turns)
+    rewards = turn_rewards.gather(1, order).double() * valid
+    returns = torch.zeros_like(rewards)
+    future = torch.zeros_like(rewards[:, 0])
+    for k in reversed(range(turns)):  # the padding after an episode's last reply holds 0
+        future = rewards[:, k] + gamma * future
+        returns[:, k] = future
+    groups, member = torch.unique(turn_states.gather(1, order)[valid], return_inverse=True)
+    g = returns[valid]
+    count = torch.bincount(member, minlength=len(groups)).double()
+    centred = g - g.new_zeros(len(groups)).index_add_(0, member, g)[member] / count[member]
+    if scale == "group":
+        var = g.new_zeros(len(groups)).index_add_(0, member, centred**2) / (count - 1).clamp(min=1)
+        centred = centred / (var.sqrt()[member] + eps)
+    elif scale == "batch":
+        centred = centred / (g.std() + eps if len(g) > 1 else 1.0)
+    elif scale != "none":
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    step = torch.zeros_like(returns)
+    step[valid] = centred
+    reply = (torch.cumsum(ends.long(), 1) - ends.long()).clamp(max=turns - 1)  # the reply each token is in
+    return step.gather(1, reply).float() * action_mask

@@ -57,10 +57,13 @@ class Samples:
     # multi-turn episodes (rlhf/episodes.py), None for single-turn completions. The response is then
     # [reply_1 | obs_1 | reply_2 | ... | reply_K]: response_mask 1 on all of it, action_mask 1 on the sampled reply
     # tokens only (observation and chat-template tokens are 0), turn_ends 1 on each reply's last token and
-    # env_rewards the env's reward for that turn there (0 elsewhere). All (B, T).
+    # env_rewards the env's reward for that turn there (0 elsewhere). All (B, T). turn_states (int64) holds, on
+    # each reply's last token, an id of the observation the reply answered (`episodes.state_id`; 0 elsewhere):
+    # replies with the same id were made in the same state (GiGPO's step groups).
     action_mask: torch.Tensor | None = None
     turn_ends: torch.Tensor | None = None
     env_rewards: torch.Tensor | None = None
+    turn_states: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]

@@ -32,7 +32,7 @@ class PPOConfig:
     num_generations: int = field(
         default=1,
         metadata={
-            "help": "completions per prompt (>= 2 for the group estimators rloo / grpo / reinforce_baseline)"
+            "help": "completions per prompt (>= 2 for the group estimators rloo / grpo / reinforce_baseline / gigpo)"
         },
     )
     mini_batch_size: int = field(
@@ -157,8 +157,9 @@ class PPOConfig:
     advantage_estimator: str = field(
         default="gae",
         metadata={
-            "help": "gae (PPO with a critic) | reinforce_pp | reinforce_baseline | rloo | grpo (critic-free); "
-            "what each needs is declared in rlhf.advantages.ESTIMATORS"
+            "help": "gae (PPO with a critic) | reinforce_pp | reinforce_baseline | rloo | grpo (critic-free) | "
+            "gigpo (grpo + per-state step groups, env episodes); what each needs is declared in "
+            "rlhf.advantages.ESTIMATORS"
         },
     )
     gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
@@ -167,7 +168,7 @@ class PPOConfig:
         default=None,
         metadata={
             "help": "whiten the token advantages over the whole batch (all ranks); None = the estimator's "
-            "default (on for gae, reinforce_pp, reinforce_baseline; off for rloo, grpo)"
+            "default (on for gae, reinforce_pp, reinforce_baseline; off for rloo, grpo, gigpo)"
         },
     )
     scale_rewards: Literal["group", "batch", "none"] = field(

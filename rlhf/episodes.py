@@ -16,6 +16,7 @@ This module does not import gymnasium: any object with gymnasium's reset/step wo
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,7 @@ class Episode:
     actions: list[int] = field(default_factory=list)  # 1 on sampled tokens
     turn_ends: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)  # the env reward on each turn's last token, else 0
+    states: list[int] = field(default_factory=list)  # the id of the observation replied to, there, else 0
     logprobs: list[float] = field(default_factory=list)  # the sampler's, 0 on observations
     turns: list[dict[str, Any]] = field(default_factory=list)  # reply, reward, observation per turn
     pending: list[int] = field(
@@ -111,7 +113,15 @@ class Episode:
         self.actions += [int(action)] * len(ids)
         self.turn_ends += [0] * len(ids)
         self.rewards += [0.0] * len(ids)
+        self.states += [0] * len(ids)
         self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+
+
+def state_id(observation: str) -> int:
+    """A nonzero id of an observation's text, the same in every process and run (a 62-bit BLAKE2 hash): replies
+    to equal observations share it (GiGPO's anchor states)."""
+    digest = hashlib.blake2b(observation.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 2) or 1
 
 
 def env_label(env: Any) -> str:
@@ -162,6 +172,7 @@ def _step(episode: Episode, ids: list[int], logprobs: list[float], eos: int, fmt
             f"{' '.join(str(err).split())}"
         ) from err
     episode.turn_ends[-1], episode.rewards[-1] = 1, float(reward)
+    episode.states[-1] = state_id(episode.observations[-1])  # the observation this reply answered
     invalid = bool(info.get("invalid_action", False))
     episode.invalid += invalid
     episode.success = bool(info.get("success", episode.success))
@@ -311,6 +322,7 @@ def _to_batch(
         action_mask=right([e.actions for e in episodes], 0, torch.float32),
         turn_ends=right([e.turn_ends for e in episodes], 0, torch.float32),
         env_rewards=right([e.rewards for e in episodes], 0.0, torch.float32),
+        turn_states=right([e.states for e in episodes], 0, torch.long),
     )
     returns = torch.tensor([sum(e.rewards) for e in episodes], device=device)
     turns = torch.tensor([float(len(e.turns)) for e in episodes])
@@ -352,6 +364,9 @@ def _turn_rows(
     cut = _common_prefix_length(played)
     rows = [_turn_row(e, t, cut, played[0][:cut]) for e in episodes for t in range(max_turns)]
     queries, responses, actions, logprobs, rewards = (list(x) for x in zip(*rows))
+    states = [
+        state_id(e.observations[t]) if t < len(e.replies) else 0 for e in episodes for t in range(max_turns)
+    ]
     query_ids, query_mask = left_pad(queries, pad, device)
     width = max(1, *(len(r) for r in responses))
 
@@ -368,6 +383,7 @@ def _turn_rows(
         action_mask=right(actions, 0, torch.float32),
         turn_ends=ends,
         env_rewards=ends * torch.tensor(rewards, device=device)[:, None],
+        turn_states=ends.long() * torch.tensor(states, device=device)[:, None],
     )
 
 
@@ -425,6 +441,11 @@ def prepare_envs(
         raise ValueError(
             f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_seeds were given to "
             "PPOTrainer"
+        )
+    if args.advantage_estimator == "gigpo" and num_processes > 1:  # its step groups span one process's batch
+        raise ValueError(
+            f"advantage_estimator='gigpo' runs on one process for now (its step groups are formed over the whole "
+            f"batch), got {num_processes} processes"
         )
     evals = eval_seeds and eval_env_factory is not None
     rows = max(

@@ -113,8 +113,9 @@ def _episode_advantages(
         fold_turns(x, rows) for x in (kl, samples.actions, samples.turn_ends, samples.env_rewards)
     )
     values = common["values"]
+    states = None if samples.turn_states is None else fold_turns(samples.turn_states, rows)
     advantages, returns = compute_trajectory_advantages(
-        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e,
+        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e, turn_states=states,
         **{**common, "values": None if values is None else fold_turns(values, rows)},
     )  # fmt: skip
     return advantages.reshape(kl.shape), returns.reshape(kl.shape)

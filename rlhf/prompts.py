@@ -103,6 +103,11 @@ def prepare_prompts(
 ) -> tuple[PromptSet, PromptSet | None]:
     """The trainer's train and eval prompts, tokenised and checked against the config (enough prompts for one
     step on every rank, the context window, an eval dataset where evaluation is asked for)."""
+    if args.advantage_estimator == "gigpo":
+        raise ValueError(
+            "advantage_estimator='gigpo' needs env episodes (its step groups are replies to the same observation): "
+            "pass env_factory instead of a prompt dataset"
+        )
     train = tokenize_prompts(train_dataset, "train_dataset", tokenizer, args.max_prompt_length)
     if len(train) < args.rollout_batch_size * num_processes:
         raise ValueError(

@@ -12,7 +12,7 @@ from rlhf import PPOConfig, PPOTrainer
 from rlhf.advantages import compute_trajectory_advantages
 from rlhf.batch import Experience, Samples, fold_turns
 from rlhf.envs import make_frozenlake
-from rlhf.episodes import ChatFormat, run_episodes
+from rlhf.episodes import ChatFormat, run_episodes, state_id
 from rlhf.tiny import build_causal_lm, build_tokenizer
 from rlhf.update import LossSettings, TrainedModels, loss_and_backward
 
@@ -63,6 +63,47 @@ def test_critic_free_estimators_use_the_episode_return_at_the_last_action_token(
     turn: a3, a4 get 1.5, a2 1.35, a0, a1 1.215 (= .81 * 1.5)."""
     advantages, _ = trajectory("reinforce_pp")
     torch.testing.assert_close(advantages, torch.tensor([[1.215, 1.215, 0, 0, 1.35, 0, 1.5, 1.5]]))
+
+
+# two episodes: row 0 replies in states 11 then 22 (rewards .5, 1); row 1 in 11, 33, 22 (rewards 0, -1, 0)
+STEP_ACTIONS = torch.tensor([[1.0, 1, 0, 0, 1, 1, 0], [1.0, 0, 0, 1, 0, 1, 0]])
+STEP_ENDS = torch.tensor([[0.0, 1, 0, 0, 0, 1, 0], [1.0, 0, 0, 1, 0, 1, 0]])
+STEP_REWARDS = torch.tensor([[0.0, 0.5, 0, 0, 0, 1.0, 0], [0.0, 0, 0, -1.0, 0, 0, 0]])
+STEP_STATES = torch.tensor([[0, 11, 0, 0, 0, 22, 0], [11, 0, 0, 33, 0, 22, 0]])
+
+
+def test_step_group_advantages_by_hand():
+    """gamma .5. Returns-to-go: row 0: G = 0.5 + .5 * 1 = 1 (state 11), 1 (22); row 1: 0 + .5 * -1 = -.5 (11),
+    -1 + 0 = -1 (33), 0 (22). Groups: 11 {1, -.5} mean .25; 22 {1, 0} mean .5; 33 {-1} alone -> 0.
+    scale none: row 0 replies +.75, +.5; row 1 -.75, 0, -.5, on every token of each reply.
+    scale group: divided by the group's sample std + 1e-4: 11: sqrt(2 * .75^2) = 1.0606602; 22: sqrt(.5)."""
+    from rlhf.advantages import step_group_advantages
+
+    args = (STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, STEP_STATES, 0.5)
+    none = step_group_advantages(*args, scale="none")
+    torch.testing.assert_close(
+        none, torch.tensor([[0.75, 0.75, 0, 0, 0.5, 0.5, 0], [-0.75, 0, 0, 0, 0, -0.5, 0]])
+    )
+    a, b = 0.75 / (1.0606602 + 1e-4), 0.5 / (0.7071068 + 1e-4)
+    torch.testing.assert_close(
+        step_group_advantages(*args, scale="group"),
+        torch.tensor([[a, a, 0, 0, b, b, 0], [-a, 0, 0, 0, 0, -b, 0]]),
+    )
+    # gigpo = grpo over the two episode returns (1.5 and -1: a group of 2) + the step-level term
+    kw = dict(gamma=0.5, whiten=False, group_size=2, turn_states=STEP_STATES, scale_rewards="none")
+    scores, kl = torch.tensor([1.5, -1.0]), torch.zeros(2, 7)
+    gigpo, _ = compute_trajectory_advantages(
+        "gigpo", scores, kl, 0.0, STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, **kw
+    )
+    grpo, _ = compute_trajectory_advantages(
+        "grpo", scores, kl, 0.0, STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, **kw
+    )
+    torch.testing.assert_close(gigpo, grpo + none)
+    assert grpo[0, 5] == 1.25 and grpo[1, 5] == -1.25  # (1.5 - .25) at each episode's last reply
+    with pytest.raises(ValueError, match="needs env episodes"):
+        compute_trajectory_advantages(
+            "gigpo", scores, kl, 0.0, STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, group_size=2
+        )
 
 
 class Table(torch.nn.Module):
@@ -203,6 +244,10 @@ def test_episode_layout_token_in_token_out(lake_tokenizer):
     assert s.turn_ends[0].sum() == 6 and s.env_rewards[0].sum() == 1.0
     ends = s.turn_ends[0].nonzero().squeeze(1)
     assert s.env_rewards[0, ends].tolist() == [0.0] * 5 + [1.0]
+    # each reply's state: the id of the observation it answered (the reset's, then each turn's), 0 elsewhere
+    seen = [make_frozenlake().reset(seed=0)[0]] + [t["observation"] for t in batch.dialogues[0]["turns"][:-1]]
+    assert s.turn_states[0, ends].tolist() == [state_id(o) for o in seen] and len(set(seen)) == 6
+    assert s.turn_states[0].count_nonzero() == 6
     assert s.response_mask[0].sum() == s.response_mask.shape[1] and ends[-1] == s.response_mask.shape[1] - 1
     assert (s.sampled_logprobs[0][acts] == -0.5).all() and (s.sampled_logprobs[0][~acts] == 0).all()
     assert batch.stats["success_rate"] == 1.0 and batch.stats["episode_turns"] == 6.0
@@ -326,7 +371,7 @@ def final_weights(trainer):
     return {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.policy).state_dict().items()}
 
 
-@pytest.mark.parametrize("estimator, window", [("gae", None), ("grpo", None), ("gae", 0)])
+@pytest.mark.parametrize("estimator, window", [("gae", None), ("grpo", None), ("gae", 0), ("gigpo", 0)])
 def test_env_run_resumes_bit_for_bit_and_logs_episodes(tmp_path, lake_tokenizer, estimator, window):
     """A kill mid-run, then resume: the weights and metrics of the straight run, bit for bit (whole dialogues, and
     one row per turn with history_turns 0); completions.jsonl holds one line per episode either way."""
@@ -531,8 +576,12 @@ def test_a_history_window_samples_each_turn_from_its_window_as_ids(lake_tokenize
         sum(sizes[3:]),
     ]
     for e in range(2):
-        rewards = fold_turns(s.env_rewards, 3)[e][fold_turns(s.turn_ends, 3)[e].bool()]
+        ends = fold_turns(s.turn_ends, 3)[e].bool()
+        rewards = fold_turns(s.env_rewards, 3)[e][ends]
         assert rewards.tolist() == [t["reward"] for t in batch.dialogues[e]["turns"]]
+        seen = [start] + [t["observation"] for t in batch.dialogues[e]["turns"][:-1]]
+        assert fold_turns(s.turn_states, 3)[e][ends].tolist() == [state_id(o) for o in seen]
+    assert len({state_id(o) for o in [start] + obs[1][:2]}) == 1  # up into the edge: the same square, one id
     assert batch.dialogues[0]["turns"][-1]["observation"].count("hole")
     assert batch.completions[0].startswith("right")  # per episode, not per row
 
@@ -557,3 +606,18 @@ def test_a_window_over_the_whole_dialogue_trains_like_the_dialogue(tmp_path, lak
         assert torch.allclose(value, w2[name], atol=1e-6), name
     start = build_causal_lm(lake_tokenizer, seed=0, n_positions=1024).state_dict()
     assert max((w1[k] - start[k]).abs().max().item() for k in w1) > 1e-4  # the steps moved the weights
+
+
+def test_gigpo_needs_env_episodes_on_one_process(tmp_path, lake_tokenizer):
+    """Its step groups span the whole batch: several processes and prompt datasets are one-line errors."""
+    from rlhf.episodes import prepare_envs
+    from rlhf.prompts import prepare_prompts
+
+    args = env_config(tmp_path, "gigpo")
+    with pytest.raises(
+        ValueError, match=r"^advantage_estimator='gigpo' runs on one process .* got 2 processes$"
+    ):
+        prepare_envs(make_frozenlake, range(8), None, args, 2)
+    with pytest.raises(ValueError, match=r"^advantage_estimator='gigpo' needs env episodes"):
+        prepare_prompts(None, None, lake_tokenizer, args, 1, None)
+    assert len(prepare_envs(make_frozenlake, range(8), None, args, 1)[0]) == 4
