@@ -221,6 +221,7 @@ def compute_trajectory_advantages(
     scale_rewards: str = "group",
     reduce: Reduce = _identity,
     turn_states: torch.Tensor | None = None,
+    gather: Reduce | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (advantages, returns) for multi-turn episodes, both (batch, T), zero off the action tokens.
 
@@ -235,7 +236,8 @@ def compute_trajectory_advantages(
     - critic-free estimators: the baseline of the episode return `scores` (groups = group_size episodes of the
       same env seed, consecutive rows) at the last action token, - beta * KL_t, returns-to-go with the same
       discounts, optionally whitened over all action tokens of all ranks;
-    - gigpo adds to every token of a reply its step-level advantage (`step_group_advantages` on `turn_states`).
+    - gigpo adds to every token of a reply its step-level advantage (`step_group_advantages` on `turn_states`;
+      `gather` concatenates a 1-D tensor over processes, so that its groups span every rank's episodes).
     Implemented by moving each row's action tokens to the front (in order), running the single-turn math with
     per-step discounts, and moving the results back.
     """
@@ -258,7 +260,7 @@ def compute_trajectory_advantages(
                 f"advantage_estimator={est.name!r} needs env episodes (the state of every reply)"
             )
         advantages = advantages + step_group_advantages(
-            action_mask, turn_ends, turn_rewards, turn_states, gamma, scale_rewards
+            action_mask, turn_ends, turn_rewards, turn_states, gamma, scale_rewards, gather=gather
         )
     return advantages, returns
 
@@ -271,6 +273,7 @@ def step_group_advantages(
     gamma: float = 1.0,
     scale: str = "group",
     eps: float = 1e-4,
+    gather: Reduce | None = None,
 ) -> torch.Tensor:
     """GiGPO's step-level advantages (Feng et al. 2025, "Group-in-Group Policy Optimization for LLM Agent
     Training"), (batch, T), on every action token of each reply.
@@ -280,7 +283,9 @@ def step_group_advantages(
     replies of the whole batch made to the same observation (equal `turn_states` ids) form a step group: a reply's
     advantage is G_k minus its group's mean, divided by the group's sample std + eps (`scale` "group"), the std
     of every G_k of the batch ("batch") or nothing ("none"); a reply alone in its group gets 0. Where a critic
-    needs many steps to learn V(state), a task that revisits its states gets this baseline from one batch."""
+    needs many steps to learn V(state), a task that revisits its states gets this baseline from one batch.
+    `gather` (1-D tensor -> every process's, concatenated): the batch is then all ranks' episodes, so splitting
+    it over processes changes nothing."""
     ends = turn_ends > 0
     turns = int(ends.sum(1).max()) if ends.any() else 0
     if turns == 0:
@@ -294,15 +299,19 @@ def step_group_advantages(
     for k in reversed(range(turns)):  # the padding after an episode's last reply holds 0
         future = rewards[:, k] + gamma * future
         returns[:, k] = future
-    groups, member = torch.unique(turn_states.gather(1, order)[valid], return_inverse=True)
-    g = returns[valid]
+    states, g = turn_states.gather(1, order)[valid], returns[valid]
+    every_states, every_g = (states, g) if gather is None else (gather(states), gather(g))
+    groups, member = torch.unique(every_states, return_inverse=True)  # groups sorted
     count = torch.bincount(member, minlength=len(groups)).double()
-    centred = g - g.new_zeros(len(groups)).index_add_(0, member, g)[member] / count[member]
+    mean = every_g.new_zeros(len(groups)).index_add_(0, member, every_g) / count
+    mine = torch.searchsorted(groups, states)  # this process's replies' groups
+    centred = g - mean[mine]
     if scale == "group":
-        var = g.new_zeros(len(groups)).index_add_(0, member, centred**2) / (count - 1).clamp(min=1)
-        centred = centred / (var.sqrt()[member] + eps)
+        spread = (every_g - mean[member]) ** 2
+        var = every_g.new_zeros(len(groups)).index_add_(0, member, spread) / (count - 1).clamp(min=1)
+        centred = centred / (var.sqrt()[mine] + eps)
     elif scale == "batch":
-        centred = centred / (g.std() + eps if len(g) > 1 else 1.0)
+        centred = centred / (every_g.std() + eps if len(every_g) > 1 else 1.0)
     elif scale != "none":
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     step = torch.zeros_like(returns)

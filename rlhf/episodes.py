@@ -442,11 +442,6 @@ def prepare_envs(
             f"eval_steps={args.eval_steps} / eval_on_start={args.eval_on_start} but no eval_seeds were given to "
             "PPOTrainer"
         )
-    if args.advantage_estimator == "gigpo" and num_processes > 1:  # its step groups span one process's batch
-        raise ValueError(
-            f"advantage_estimator='gigpo' runs on one process for now (its step groups are formed over the whole "
-            f"batch), got {num_processes} processes"
-        )
     evals = eval_seeds and eval_env_factory is not None
     rows = max(
         args.rollout_batch_size * args.num_generations,

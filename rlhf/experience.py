@@ -106,6 +106,7 @@ def _episode_advantages(
     kl_coef: float,
     rows: int,
     common: dict,
+    gather: Reduce | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """compute_trajectory_advantages on one row per episode (`rows` > 1: the turn rows of a history window folded
     into their episodes, and the results unfolded back)."""
@@ -115,7 +116,7 @@ def _episode_advantages(
     values = common["values"]
     states = None if samples.turn_states is None else fold_turns(samples.turn_states, rows)
     advantages, returns = compute_trajectory_advantages(
-        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e, turn_states=states,
+        est, scores.total, kl_e, kl_coef, mask_e, ends_e, rewards_e, turn_states=states, gather=gather,
         **{**common, "values": None if values is None else fold_turns(values, rows)},
     )  # fmt: skip
     return advantages.reshape(kl.shape), returns.reshape(kl.shape)
@@ -137,34 +138,31 @@ def make_experience(
     scale_rewards: str = "group",
     mask_truncated_completions: bool = False,
     reduce: Reduce = _identity,
+    gather: Reduce | None = None,
 ) -> Experience:
     """Advantages and returns for every token, by `estimator` (a name of rlhf.advantages' registry).
 
     kl_coef: the beta that weights the per-token KL estimate (`kl_estimator`, old vs reference log-probs) into
     the reward; pass 0 when the KL is a loss term instead (`kl_in_loss`); the KL is still computed and kept for
     the metrics. group_size: consecutive rows that share a prompt (num_generations). `reduce` sums over
-    processes (batch-wide whitening and scaling; whiten_advantages None: the estimator's default). mask_truncated_completions: completions that never emitted EOS
-    get loss_mask 0 (they train nothing)."""
+    processes (batch-wide whitening and scaling; whiten_advantages None: the estimator's default); `gather`
+    concatenates a 1-D tensor over processes (gigpo's step groups). mask_truncated_completions: completions that
+    never emitted EOS get loss_mask 0 (they train nothing)."""
     mask = samples.actions  # the sampled tokens: the response, or an episode's replies
     kl = None
     if annotations.old_logprobs is not None and annotations.ref_logprobs is not None:
         kl = kl_penalty(annotations.old_logprobs, annotations.ref_logprobs, kl_estimator) * mask
-    common = dict(
-        group_size=group_size,
-        values=annotations.values,
-        gamma=gamma,
-        gae_lambda=gae_lambda,
-        whiten=whiten_advantages,
-        scale_rewards=scale_rewards,
-        reduce=reduce,
-    )
+    common = dict(group_size=group_size, values=annotations.values, gamma=gamma, gae_lambda=gae_lambda)
+    common.update(whiten=whiten_advantages, scale_rewards=scale_rewards, reduce=reduce)
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     kl_or_zero = kl if kl is not None else torch.zeros_like(mask)
     rows = len(samples) // len(scores.total)  # > 1: one row per turn (a history window), see fold_turns
     if samples.action_mask is None:
         advantages, returns = compute_advantages(est, scores.total, kl_or_zero, kl_coef, mask, **common)
     else:  # multi-turn episodes: env rewards per turn, gamma between turns (see the function's docstring)
-        advantages, returns = _episode_advantages(est, samples, scores, kl_or_zero, kl_coef, rows, common)
+        advantages, returns = _episode_advantages(
+            est, samples, scores, kl_or_zero, kl_coef, rows, common, gather
+        )
     ended = scores.ended_with_eos.repeat_interleave(rows)
     loss_mask = mask * ended[:, None] if mask_truncated_completions else mask
     return Experience(

@@ -37,7 +37,7 @@ from rlhf.prompts import batch_indices, context_window, prepare_prompts
 from rlhf.rewards import RewardModel, RewardSet
 from rlhf.runlog import RunLog, gather_metrics, rollout_stats
 from rlhf.sources import EnvSource, PromptSource
-from rlhf.update import LossSettings, TrainedModels, ppo_update, reduce_sum
+from rlhf.update import LossSettings, TrainedModels, gather_all, ppo_update, reduce_sum
 from rlhf.vllm_engine import make_generator, rollout_correction
 
 RewardFunc = Callable[..., Sequence[float]] | str | PreTrainedModel
@@ -229,6 +229,7 @@ class PPOTrainer:
             group_size=args.num_generations, gamma=args.gamma, gae_lambda=args.gae_lambda,
             whiten_advantages=args.whiten_advantages, scale_rewards=args.scale_rewards,
             mask_truncated_completions=args.mask_truncated_completions, reduce=lambda x: reduce_sum(acc, x),
+            gather=lambda x: gather_all(acc, x),
         )  # fmt: skip
         experience, engine_stats = rollout_correction(experience, samples, annotations, args)
         stats = rollout_stats(experience, scores, self.rewards.names, args.num_generations)

@@ -66,6 +66,16 @@ def reduce_sum(accelerator: Accelerator, x: torch.Tensor) -> torch.Tensor:
     return accelerator.reduce(x, reduction="sum") if accelerator.num_processes > 1 else x
 
 
+def gather_all(accelerator: Accelerator, x: torch.Tensor) -> torch.Tensor:
+    """Every process's 1-D `x` (lengths may differ), concatenated in rank order (the identity on one process)."""
+    if accelerator.num_processes == 1:
+        return x
+    lengths = accelerator.gather(torch.tensor([len(x)], device=x.device)).tolist()
+    every = accelerator.gather(accelerator.pad_across_processes(x, dim=0))  # (world * longest,)
+    width = max(lengths)
+    return torch.cat([every[r * width : r * width + n] for r, n in enumerate(lengths)])
+
+
 def _add(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
     sums[key] = sums[key] + value.detach() if key in sums else value.detach().float()
 

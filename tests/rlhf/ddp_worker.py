@@ -4,6 +4,7 @@
    weight changes are written for the test to compare with one process on the whole batch.
 2. 2-step training runs of the estimators named on the command line (adaptive KL, a checkpoint per step).
 3. `evaluate` of the last run, its prompts split unevenly over the ranks, against greedy decoding on one rank.
+4. gigpo's step-level advantages with each rank holding one episode (step groups over both ranks).
 """
 
 import json
@@ -36,6 +37,17 @@ for estimator, loss_type, episodes in [*((*c, False) for c in CASES), *((*c, Tru
     deltas = {k: (after[k] - before[k]).contiguous() for k in before}
     tag = f"{'episodes-' if episodes else ''}{estimator}-{loss_type}"
     save_file(deltas, str(out / f"split-{tag}-rank{acc.process_index}.safetensors"))
+# gigpo's step groups, each rank on one of the two episodes of the by-hand case: groups span both ranks (gather_all)
+from rlhf.advantages import step_group_advantages  # noqa: E402
+from rlhf.update import gather_all  # noqa: E402
+from tests.rlhf.test_episodes import STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, STEP_STATES  # noqa: E402
+
+mine = slice(acc.process_index, acc.process_index + 1)
+step = step_group_advantages(
+    STEP_ACTIONS[mine], STEP_ENDS[mine], STEP_REWARDS[mine], STEP_STATES[mine], 0.5,
+    gather=lambda x: gather_all(acc, x),
+)  # fmt: skip
+save_file({"step": step.contiguous()}, str(out / f"step-groups-rank{acc.process_index}.safetensors"))
 tokenizer = build_tokenizer(
     ["the cat sat on the mat", "a dog ran in the park", "good good"] * 20, vocab_size=300
 )

@@ -39,12 +39,27 @@ def test_two_processes_do_equal_work_and_stay_in_sync(tmp_path):
     for estimator in ("gae", "grpo"):
         check_run(tmp_path / estimator)
     check_split_case(tmp_path)
+    check_step_groups(tmp_path)
     ranks = [json.loads((tmp_path / f"eval-rank{r}.json").read_text()) for r in (0, 1)]
     timing = {"time/eval"}  # each rank's own
     assert {k: v for k, v in ranks[0]["metrics"].items() if k not in timing} == {
         k: v for k, v in ranks[1]["metrics"].items() if k not in timing
     }  # every rank returns the all-rank metrics
     assert ranks[0]["metrics"]["eval/reward/count_good"] == pytest.approx(ranks[0]["count_good"], abs=1e-6)
+
+
+def check_step_groups(out):
+    """gigpo's step groups span the ranks: each rank's half of the by-hand batch gets what one process computes
+    on all of it (groups 11 and 22 have one reply on each rank)."""
+    from safetensors.torch import load_file
+
+    from rlhf.advantages import step_group_advantages
+    from tests.rlhf.test_episodes import STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, STEP_STATES
+
+    halves = [load_file(str(out / f"step-groups-rank{r}.safetensors"))["step"] for r in (0, 1)]
+    whole = step_group_advantages(STEP_ACTIONS, STEP_ENDS, STEP_REWARDS, STEP_STATES, 0.5)
+    torch.testing.assert_close(torch.cat(halves), whole)
+    assert whole.abs().sum() > 0
 
 
 def check_split_case(out):

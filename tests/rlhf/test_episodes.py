@@ -608,16 +608,10 @@ def test_a_window_over_the_whole_dialogue_trains_like_the_dialogue(tmp_path, lak
     assert max((w1[k] - start[k]).abs().max().item() for k in w1) > 1e-4  # the steps moved the weights
 
 
-def test_gigpo_needs_env_episodes_on_one_process(tmp_path, lake_tokenizer):
-    """Its step groups span the whole batch: several processes and prompt datasets are one-line errors."""
-    from rlhf.episodes import prepare_envs
+def test_gigpo_needs_env_episodes(tmp_path, lake_tokenizer):
+    """Its step groups are replies to the same observation: a prompt dataset is a one-line error."""
     from rlhf.prompts import prepare_prompts
 
     args = env_config(tmp_path, "gigpo")
-    with pytest.raises(
-        ValueError, match=r"^advantage_estimator='gigpo' runs on one process .* got 2 processes$"
-    ):
-        prepare_envs(make_frozenlake, range(8), None, args, 2)
     with pytest.raises(ValueError, match=r"^advantage_estimator='gigpo' needs env episodes"):
         prepare_prompts(None, None, lake_tokenizer, args, 1, None)
-    assert len(prepare_envs(make_frozenlake, range(8), None, args, 1)[0]) == 4
