@@ -77,9 +77,8 @@ TRAINERS = ("ours", "trl")
 MODEL = dict(prompts=4, group=4, new_tokens=8, turns=6)
 QUICK = dict(prompts=2, group=4, new_tokens=8, turns=6)
 QUICK_FORMAT_STEPS = 60  # supervised steps teaching the tiny model both reply formats (teach_formats)
-TEACH_LR = (
-    2e-5  # the same for a pretrained model (--teach-formats N): a nudge towards the formats, not a new model
-)
+# the same for a pretrained model (--teach-formats N): a nudge towards the formats, not a new model
+TEACH_LR = 2e-5
 LR = 1e-6
 # SmolLM2-135M-Instruct's own chat template (ChatML); the quick tokenizer gets it too
 CHATML = (
@@ -554,7 +553,7 @@ def worker(args: argparse.Namespace) -> None:
         run_trl(args.model, size, out, args.warmup + args.steps, info, args.gradient_checkpointing == "on")
 
 
-# --- the parent: build, step the workers round-robin, report ---------------------------------------------------
+# --- the parent: build, step the workers (round-robin or one after the other), report -------------------------
 
 
 class Worker(harness.Worker):
@@ -630,8 +629,9 @@ def report(
     lines = [
         f"{info['model_name']}: {info['params'] / 1e6:.1f}M params, fp32; text FrozenLake 4x4, {episodes} episodes "
         f"({size['prompts']} seeds x {size['group']}) x <= {size['turns']} turns, <= {size['new_tokens']} new tokens "
-        f"per reply (ours); {args.threads} threads; activation checkpointing {args.gradient_checkpointing}; fp32 matmul peak {max(peaks):.0f} GFLOP/s (best of {len(peaks)} "
-        f"rounds); {args.schedule} schedule; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; medians of "
+        f"per reply (ours); {args.threads} threads; activation checkpointing {args.gradient_checkpointing}; fp32 "
+        f"matmul peak {max(peaks):.0f} GFLOP/s (best of {len(peaks)} rounds); {args.schedule} schedule; load "
+        f"average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; medians of "
         f"{args.steps} steps after {args.warmup} warmup"
     ]
     header = (

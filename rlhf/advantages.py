@@ -20,6 +20,8 @@ from classic import functional as F
 
 # sums a tensor over all processes (the identity on one process): batch-wide statistics are all-rank statistics
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+# concatenates a 1-D tensor over all processes, in rank order (the identity on one process)
+Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -221,7 +223,7 @@ def compute_trajectory_advantages(
     scale_rewards: str = "group",
     reduce: Reduce = _identity,
     turn_states: torch.Tensor | None = None,
-    gather: Reduce | None = None,
+    gather: Gather | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (advantages, returns) for multi-turn episodes, both (batch, T), zero off the action tokens.
 
@@ -241,19 +243,19 @@ def compute_trajectory_advantages(
     Implemented by moving each row's action tokens to the front (in order), running the single-turn math with
     per-step discounts, and moving the results back.
     """
+    est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
     order = torch.argsort(
         (action_mask == 0).to(torch.int8), dim=1, stable=True
     )  # action tokens first, in order
     mask = action_mask.gather(1, order)
     discount = torch.where(turn_ends.gather(1, order) > 0, gamma, 1.0)  # (batch, T): gamma at a turn's end
     advantages, returns = compute_advantages(
-        estimator, scores, kl.gather(1, order) * mask, kl_coef, mask, group_size,
+        est, scores, kl.gather(1, order) * mask, kl_coef, mask, group_size,
         None if values is None else values.gather(1, order), discount, gae_lambda, whiten, scale_rewards, reduce,
         token_rewards=turn_rewards.gather(1, order),
     )  # fmt: skip
     back = torch.argsort(order, dim=1)  # the inverse permutation
     advantages, returns = advantages.gather(1, back), returns.gather(1, back)
-    est = estimator if isinstance(estimator, Estimator) else get_estimator(estimator)
     if est.step_groups:
         if turn_states is None:
             raise ValueError(
@@ -273,7 +275,7 @@ def step_group_advantages(
     gamma: float = 1.0,
     scale: str = "group",
     eps: float = 1e-4,
-    gather: Reduce | None = None,
+    gather: Gather | None = None,
 ) -> torch.Tensor:
     """GiGPO's step-level advantages (Feng et al. 2025, "Group-in-Group Policy Optimization for LLM Agent
     Training"), (batch, T), on every action token of each reply.
@@ -294,11 +296,7 @@ def step_group_advantages(
     order = torch.argsort((~ends).to(torch.int8), dim=1, stable=True)[:, :turns]
     valid = ends.gather(1, order)  # (batch, turns)
     rewards = turn_rewards.gather(1, order).double() * valid
-    returns = torch.zeros_like(rewards)
-    future = torch.zeros_like(rewards[:, 0])
-    for k in reversed(range(turns)):  # the padding after an episode's last reply holds 0
-        future = rewards[:, k] + gamma * future
-        returns[:, k] = future
+    returns = F.discounted_returns(rewards, gamma)  # the padding after an episode's last reply holds 0
     states, g = turn_states.gather(1, order)[valid], returns[valid]
     every_states, every_g = (states, g) if gather is None else (gather(states), gather(g))
     groups, member = torch.unique(every_states, return_inverse=True)  # groups sorted

@@ -14,6 +14,7 @@ import torch
 
 from rlhf.advantages import (
     Estimator,
+    Gather,
     Reduce,
     compute_advantages,
     compute_trajectory_advantages,
@@ -106,7 +107,7 @@ def _episode_advantages(
     kl_coef: float,
     rows: int,
     common: dict,
-    gather: Reduce | None = None,
+    gather: Gather | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """compute_trajectory_advantages on one row per episode (`rows` > 1: the turn rows of a history window folded
     into their episodes, and the results unfolded back)."""
@@ -138,7 +139,7 @@ def make_experience(
     scale_rewards: str = "group",
     mask_truncated_completions: bool = False,
     reduce: Reduce = _identity,
-    gather: Reduce | None = None,
+    gather: Gather | None = None,
 ) -> Experience:
     """Advantages and returns for every token, by `estimator` (a name of rlhf.advantages' registry).
 
