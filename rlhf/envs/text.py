@@ -19,9 +19,10 @@ accepted as a reply: the action space is what `sample()` draws from (random stri
 
 from __future__ import annotations
 
+import random
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -211,3 +212,32 @@ class TextEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             info["success"] = bool(self.success(self.env, float(reward), bool(terminated), inner_info))
         truncated = bool(truncated) or (truncated_by_turns and not terminated)
         return self._state_text, float(reward), bool(terminated), truncated, info
+
+
+def random_reply_demonstrations(
+    env: gym.Env, seeds: Iterable[int], replies: Sequence[str], max_turns: int, rows_per_episode: int = 2
+) -> list[dict]:
+    """A format warm-start that teaches nothing about the task, for TRL's SFTTrainer: for each seed, an episode
+    of the text env `env` played with replies drawn uniformly from `replies` whatever the state (for FrozenLake,
+    the four moves), and `rows_per_episode` of its turns, drawn uniformly, as conversational prompt/completion
+    rows: the dialogue up to that turn's observation, and that turn's reply. A model trained on them answers in
+    the env's format and, having seen every reply equally often on every kind of state and after every kind of
+    earlier reply, chooses among them about uniformly: which reply a state calls for is left to RL. The draws
+    come from `random.Random(seed)` per episode, so the rows are a function of the arguments."""
+    if max_turns < 1 or rows_per_episode < 1:
+        raise ValueError(f"max_turns and rows_per_episode must be >= 1, got {max_turns}, {rows_per_episode}")
+    rows = []
+    for seed in seeds:
+        rng = random.Random(int(seed))
+        obs, info = env.reset(seed=int(seed))
+        messages = [{"role": "system", "content": info["system_prompt"]}, {"role": "user", "content": obs}]
+        episode = []
+        for _ in range(max_turns):
+            reply = {"role": "assistant", "content": rng.choice(list(replies))}
+            episode.append({"prompt": list(messages), "completion": [reply]})
+            obs, _, terminated, truncated, _ = env.step(reply["content"])
+            messages += [reply, {"role": "user", "content": obs}]
+            if terminated or truncated:
+                break
+        rows += rng.sample(episode, min(rows_per_episode, len(episode)))
+    return rows

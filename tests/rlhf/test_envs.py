@@ -420,3 +420,48 @@ def test_import_rlhf_does_not_import_gymnasium():
     code = "import rlhf, sys; assert 'gymnasium' not in sys.modules, 'gymnasium imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_random_reply_demonstrations_are_the_env_s_dialogues_with_uniform_replies():
+    from rlhf.envs.text import random_reply_demonstrations
+
+    def make():
+        return make_frozenlake(map_in_prompt=True, neighbours=True, one_move=True, random_start=True)
+
+    rows = random_reply_demonstrations(make(), range(200), GRID_MOVES, max_turns=8, rows_per_episode=2)
+    assert rows == random_reply_demonstrations(make(), range(200), GRID_MOVES, 8, 2)  # a function of its args
+    assert 200 < len(rows) <= 400  # an episode that ends in a hole on its first move gives one row
+    counts = {m: sum(r["completion"][0]["content"] == m for r in rows) for m in GRID_MOVES}
+    assert all(0.2 < c / len(rows) < 0.3 for c in counts.values()), counts  # about uniform: 1/4 each
+    squares = set()
+    # each prompt is the env's own dialogue: replaying its replies gives its observations
+    for row in rows[:60]:
+        prompt, env = row["prompt"], make()
+        roles = [m["role"] for m in prompt]
+        assert roles == ["system"] + ["user", "assistant"] * (len(prompt) // 2 - 1) + ["user"]
+        seed = next(s for s in range(200) if make().reset(seed=s)[0] == prompt[1]["content"])
+        obs, info = env.reset(seed=seed)
+        assert prompt[0]["content"] == info["system_prompt"]
+        for reply, observation in zip(prompt[2::2], prompt[3::2]):
+            assert env.step(reply["content"])[0] == observation["content"]
+        squares.add(int(env.unwrapped.s))
+    assert len(squares) >= 8  # the replies were made on many squares, not only the start's row
+    with pytest.raises(ValueError, match="rows_per_episode"):
+        random_reply_demonstrations(make(), [0], GRID_MOVES, max_turns=8, rows_per_episode=0)
+
+
+def test_frozenlake_demos_script_writes_the_rows_and_overwrites_nothing(tmp_path):
+    from recipes.frozenlake_demos import main as write_demos
+    from rlhf.envs.text import random_reply_demonstrations
+
+    out = tmp_path / "demos.jsonl"
+    write_demos(["--output", str(out), "--num_seeds", "5"])
+    env = make_frozenlake(map_in_prompt=True, neighbours=True, one_move=True, shaping=True, random_start=True)
+    expected = random_reply_demonstrations(env, range(5), GRID_MOVES, max_turns=8, rows_per_episode=2)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+    with pytest.raises(SystemExit):  # an existing file is never overwritten
+        write_demos(["--output", str(out), "--num_seeds", "2"])
+    assert len(out.read_text().splitlines()) == len(expected)
+    with pytest.raises(SystemExit):  # an unknown env argument: one line, nothing written
+        write_demos(["--output", str(tmp_path / "other.jsonl"), "--env_kwargs", "{colour: blue}"])
+    assert not (tmp_path / "other.jsonl").exists()
