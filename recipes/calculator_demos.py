@@ -14,12 +14,11 @@ overwritten.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from classic.cli import exit_on_bad_input, parse_config_or_exit
 from rlhf.envs.calculator import tool_call_demonstrations
+from rlhf.envs.text import require_new_file, write_demonstrations
 
 
 @dataclass
@@ -40,8 +39,7 @@ class DemosConfig:
     def __post_init__(self) -> None:
         if self.num_seeds <= 0:
             raise ValueError(f"num_seeds must be positive, got {self.num_seeds}")
-        if Path(self.output).exists():
-            raise ValueError(f"output={self.output!r} exists already; remove it or name another file")
+        require_new_file(self.output)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,11 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = tool_call_demonstrations(range(cfg.num_seeds), cfg.answers, **cfg.env_kwargs)
         except TypeError as err:  # an unknown keyword
             raise ValueError(f"env_kwargs={cfg.env_kwargs}: {err}") from None
-    path = Path(cfg.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("x") as f:  # "x": never replaces a file written meanwhile
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    print(f"{len(rows)} demonstrations -> {path}")
+    print(f"{len(rows)} demonstrations -> {write_demonstrations(cfg.output, rows)}")
 
 
 if __name__ == "__main__":

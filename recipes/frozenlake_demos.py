@@ -13,14 +13,12 @@ recipes/frozenlake_agent.yaml, whose held-out seeds start at 100000. An existing
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from classic.cli import exit_on_bad_input, parse_config_or_exit
 from rlhf.envs import make_frozenlake
 from rlhf.envs.games import GRID_MOVES
-from rlhf.envs.text import random_reply_demonstrations
+from rlhf.envs.text import random_reply_demonstrations, require_new_file, write_demonstrations
 
 
 @dataclass
@@ -47,8 +45,7 @@ class DemosConfig:
     def __post_init__(self) -> None:
         if self.num_seeds <= 0:
             raise ValueError(f"num_seeds must be positive, got {self.num_seeds}")
-        if Path(self.output).exists():
-            raise ValueError(f"output={self.output!r} exists already; remove it or name another file")
+        require_new_file(self.output)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,11 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = random_reply_demonstrations(
             env, range(cfg.num_seeds), GRID_MOVES, cfg.max_turns, cfg.rows_per_episode
         )
-    path = Path(cfg.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("x") as f:  # "x": never replaces a file written meanwhile
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    print(f"{len(rows)} demonstrations -> {path}")
+    print(f"{len(rows)} demonstrations -> {write_demonstrations(cfg.output, rows)}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ accepted as a reply: the action space is what `sample()` draws from (random stri
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import string
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -241,3 +243,19 @@ def random_reply_demonstrations(
                 break
         rows += rng.sample(episode, min(rows_per_episode, len(episode)))
     return rows
+
+
+def require_new_file(output: str) -> None:
+    """A one-line ValueError if `output` exists: demonstrations never replace a file."""
+    if Path(output).exists():
+        raise ValueError(f"output={output!r} exists already; remove it or name another file")
+
+
+def write_demonstrations(output: str, rows: list[dict]) -> Path:
+    """Write `rows` as JSON lines to the new file `output` (parents created), for TRL's SFTTrainer; opened with
+    "x", so a file written there meanwhile is not replaced either."""
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("x") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    return path
