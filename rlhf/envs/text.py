@@ -228,14 +228,14 @@ def random_reply_demonstrations(
     come from `random.Random(seed)` per episode, so the rows are a function of the arguments."""
     if max_turns < 1 or rows_per_episode < 1:
         raise ValueError(f"max_turns and rows_per_episode must be >= 1, got {max_turns}, {rows_per_episode}")
-    rows = []
+    rows, replies = [], list(replies)
     for seed in seeds:
         rng = random.Random(int(seed))
         obs, info = env.reset(seed=int(seed))
         messages = [{"role": "system", "content": info["system_prompt"]}, {"role": "user", "content": obs}]
         episode = []
         for _ in range(max_turns):
-            reply = {"role": "assistant", "content": rng.choice(list(replies))}
+            reply = {"role": "assistant", "content": rng.choice(replies)}
             episode.append({"prompt": list(messages), "completion": [reply]})
             obs, _, terminated, truncated, _ = env.step(reply["content"])
             messages += [reply, {"role": "user", "content": obs}]

@@ -216,12 +216,12 @@ def test_calculator_warm_start_then_ppo_raises_held_out_accuracy(smollm2_dir, tm
     answering; greedy accuracy on all 64 held-out questions must rise by TOOL_MARGIN in TOOL_STEPS steps."""
     from rlhf.agent_command import train_main
     from rlhf.envs.calculator import tool_call_demonstrations
+    from rlhf.envs.text import write_demonstrations
 
     torch.set_num_threads(2)
     recipes = Path(__file__).resolve().parents[2] / "recipes"
-    demos = tmp_path / "demos.jsonl"
-    demos.write_text(
-        "".join(json.dumps(r) + "\n" for r in tool_call_demonstrations(range(32), max_tool_calls=2))
+    demos = write_demonstrations(
+        str(tmp_path / "demos.jsonl"), tool_call_demonstrations(range(32), max_tool_calls=2)
     )
     sft = run_sft(recipes / "calculator_sft.yaml", smollm2_dir, demos, tmp_path / "sft")
     run = tmp_path / "run"
